@@ -1,0 +1,127 @@
+"""Configuration: base.yaml <- experiment file(s) <- command-line ``key=value`` overrides.
+
+Every key lives in ``configs/base.yaml``. Experiment files hold differences only and may chain
+other files with ``_base_: other.yaml`` (relative to the file). The merged config is in omegaconf
+struct mode, so an unknown key anywhere is an error that names it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+BASE_CONFIG = CONFIG_DIR / "base.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is not what the project expects."""
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        cfg = OmegaConf.load(path)
+    except (OmegaConfBaseException, OSError, ValueError) as err:  # yaml errors subclass ValueError-like types
+        raise ConfigError(f"cannot parse config file {path}: {err}") from err
+    except Exception as err:  # yaml.YAMLError does not derive from a builtin we can name without importing yaml
+        if type(err).__module__.startswith("yaml"):
+            raise ConfigError(f"cannot parse config file {path}: {err}") from err
+        raise
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return cfg
+
+
+def _file_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
+    """The configs of ``path`` and of its ``_base_`` ancestors, ancestors first."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config files include each other in a loop: {' -> '.join(map(str, seen + (path,)))}")
+    cfg = _read_yaml(path)
+    chain: list[DictConfig] = []
+    base = cfg.pop("_base_", None)
+    if base is not None:
+        bases = [base] if isinstance(base, str) else list(base)
+        for b in bases:
+            chain.extend(_file_chain((path.parent / b), seen + (path,)))
+    chain.append(cfg)
+    return chain
+
+
+def _merge_strict(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)  # type: ignore[return-value]
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        key = getattr(err, "full_key", None) or str(err)
+        raise ConfigError(f"unknown config key '{key}' in {source}; every key must be defined in {BASE_CONFIG.name}") from err
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad value in {source}: {err}") from err
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] | Iterable[str] = ()) -> DictConfig:
+    """Merge ``configs/base.yaml`` <- ``path`` (and its ``_base_`` chain) <- ``key=value`` overrides.
+
+    Args:
+        path: experiment YAML, or None for the base config alone.
+        overrides: dotted ``key=value`` strings (values parsed as YAML: ``train.max_iters=10``).
+    Returns:
+        A struct-mode DictConfig; reading or setting an unknown key raises.
+    Raises:
+        ConfigError: a missing file, an unknown key (named in the message) or a malformed override.
+    """
+    cfg = _read_yaml(BASE_CONFIG)
+    OmegaConf.set_struct(cfg, True)
+    if path is not None:
+        for part in _file_chain(Path(path)):
+            cfg = _merge_strict(cfg, part, str(path))
+    overrides = list(overrides)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key = item.split("=", 1)[0].strip()
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not _key_exists(cfg, key):
+            raise ConfigError(f"unknown config key '{key}' in command-line override '{item}'; "
+                              f"every key must be defined in {BASE_CONFIG.name}")
+    if overrides:
+        try:
+            cfg = _merge_strict(cfg, OmegaConf.from_dotlist(overrides), "command-line overrides")
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"bad command-line override: {err}") from err
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def _key_exists(cfg: DictConfig, dotted: str) -> bool:
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; otherwise ``torch.device(spec)`` (checked to exist)."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"run.device={spec!r} but CUDA is not available on this machine; use run.device=cpu or auto")
+    return device
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from excel.utils.io import atomic_write_text
+
+    atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))

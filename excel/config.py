@@ -15,6 +15,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from excel.errors import ExcelError
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +24,7 @@ CONFIG_DIR = REPO_ROOT / "configs"
 BASE_CONFIG = CONFIG_DIR / "base.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(ExcelError, ValueError):
     """A config file, key or value is not what the project expects."""
 
 
@@ -68,11 +70,12 @@ def _merge_strict(base: DictConfig, other: DictConfig, source: str) -> DictConfi
         raise ConfigError(f"bad value in {source}: {err}") from err
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] | Iterable[str] = ()) -> DictConfig:
+def load_config(path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+                overrides: Sequence[str] | Iterable[str] = ()) -> DictConfig:
     """Merge ``configs/base.yaml`` <- ``path`` (and its ``_base_`` chain) <- ``key=value`` overrides.
 
     Args:
-        path: experiment YAML, or None for the base config alone.
+        path: experiment YAML, a list of them (merged in order), or None for the base config alone.
         overrides: dotted ``key=value`` strings (values parsed as YAML: ``train.max_iters=10``).
     Returns:
         A struct-mode DictConfig; reading or setting an unknown key raises.
@@ -81,9 +84,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     """
     cfg = _read_yaml(BASE_CONFIG)
     OmegaConf.set_struct(cfg, True)
-    if path is not None:
-        for part in _file_chain(Path(path)):
-            cfg = _merge_strict(cfg, part, str(path))
+    paths = [] if path is None else [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    for one in paths:
+        for part in _file_chain(Path(one)):
+            cfg = _merge_strict(cfg, part, str(one))
     overrides = list(overrides)
     for item in overrides:
         if "=" not in item:

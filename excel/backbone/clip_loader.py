@@ -1,0 +1,138 @@
+"""Loading the frozen open_clip model (spec 1.1) and its tokenizer.
+
+``excel/backbone/model_configs/*.json`` (the tiny ``excel-tiny`` test architecture) are registered with open_clip
+on first use, so they build like any built-in name.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import open_clip
+import torch
+from torch import nn
+
+from excel.errors import ExcelError
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+_registered = False
+
+
+class ClipWeightsError(ExcelError, RuntimeError):
+    """The CLIP weights named by model.clip.pretrained cannot be obtained (e.g. offline); says what to pass."""
+
+
+def register_model_configs() -> None:
+    """Register this package's architecture JSON files with open_clip (idempotent)."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _registered = True
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    """True for a TorchScript zip such as OpenAI's ``ViT-B-16.pt`` (it holds a ``constants.pkl`` record)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") or name == "constants.pkl" for name in archive.namelist())
+
+
+def _load_torchscript_weights(model: nn.Module, path: str) -> None:
+    """Copy the weights of an OpenAI JIT archive into ``model``.
+
+    OpenAI stores fp16 values; copying them into the fp32 model gives fp16-rounded fp32 weights (spec 1.1).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
+        scripted = torch.jit.load(path, map_location="cpu")
+    state = {k: v for k, v in scripted.state_dict().items()
+             if k not in ("input_resolution", "context_length", "vocab_size") and not k.endswith("attn_mask")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("attn_mask")]
+    if missing or unexpected:
+        raise RuntimeError(f"TorchScript checkpoint {path} does not match the architecture: "
+                           f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def _offline_hint(name: str, pretrained: str, cache_dir: str | None) -> str:
+    where = cache_dir if cache_dir else "open_clip's default cache (~/.cache/huggingface)"
+    return (f"could not fetch the '{pretrained}' weights of {name} (offline?). Pass a local file instead: "
+            f"model.clip.pretrained=/path/to/ViT-B-16.pt (OpenAI's JIT file or an open_clip checkpoint), or place "
+            f"the weights in the cache folder {where} (model.clip.cache_dir), or use model.clip.pretrained=null "
+            f"for random initialisation")
+
+
+def load_clip(name: str, pretrained: str | None, force_quick_gelu: bool = True,
+              cache_dir: str | None = None) -> nn.Module:
+    """Build an open_clip CLIP model, frozen and in eval mode.
+
+    Args:
+        name: an open_clip architecture (``ViT-B-16``) or one of ``excel/backbone/model_configs`` (``excel-tiny``).
+        pretrained: None (or "") for random init; an open_clip tag (``openai``); or a local checkpoint file
+            (OpenAI's TorchScript ``ViT-B-16.pt`` or any open_clip checkpoint), as a path or as a file name
+            inside ``cache_dir``.
+        force_quick_gelu: build QuickGELU MLPs (the OpenAI weights need them, spec 1.1).
+        cache_dir: open_clip download cache folder (None = open_clip's default).
+    Returns:
+        ``open_clip.CLIP`` on the CPU in fp32, eval mode, ``requires_grad_(False)``.
+    Raises:
+        FileNotFoundError: ``pretrained`` looks like a path and the file does not exist.
+        ValueError: unknown architecture or pretrained tag.
+        ClipWeightsError (a RuntimeError): the tag's weights cannot be downloaded; the message says what to pass.
+    """
+    register_model_configs()
+    if name not in open_clip.list_models():
+        raise ValueError(f"model.clip.name={name!r} is not an open_clip architecture nor an excel config in "
+                         f"{MODEL_CONFIG_DIR}; known names include ViT-B-16, ViT-B-16-quickgelu, excel-tiny")
+    pretrained = pretrained or None
+
+    def create(weights: str | None) -> nn.Module:
+        return open_clip.create_model(name, pretrained=weights, force_quick_gelu=force_quick_gelu,
+                                      cache_dir=cache_dir, device="cpu", precision="fp32")
+
+    if pretrained is not None and not os.path.isfile(pretrained) and cache_dir:
+        in_cache = os.path.join(cache_dir, pretrained)     # a bare file name placed in the cache folder
+        if os.path.isfile(in_cache):
+            pretrained = in_cache
+    if pretrained is None:
+        model = create(None)
+        log.info("built %s with random initialisation (model.clip.pretrained=null)", name)
+    elif os.path.isfile(pretrained):
+        if _is_torchscript_archive(pretrained):
+            model = create(None)
+            _load_torchscript_weights(model, pretrained)
+        else:
+            model = create(pretrained)
+        log.info("built %s with weights from %s", name, pretrained)
+    elif os.sep in pretrained or pretrained.endswith(_WEIGHT_SUFFIXES):
+        raise FileNotFoundError(f"model.clip.pretrained={pretrained!r}: no such checkpoint file; give an existing "
+                                f"file, an open_clip tag such as 'openai', or null for random initialisation")
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise ValueError(f"model.clip.pretrained={pretrained!r} is neither a file nor a pretrained tag of "
+                             f"{name} (tags: {tags or 'none'}); give a checkpoint path or null for random init")
+        try:
+            model = create(pretrained)
+        except RuntimeError as err:
+            if "Failed to download" not in str(err):
+                raise
+            raise ClipWeightsError(_offline_hint(name, pretrained, cache_dir)) from err
+        log.info("built %s with open_clip weights '%s'", name, pretrained)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_tokenizer(name: str) -> Callable[..., torch.Tensor]:
+    """The open_clip tokenizer of architecture ``name`` (CLIP BPE, 77 tokens, lower-cased)."""
+    register_model_configs()
+    return open_clip.get_tokenizer(name)

@@ -1,0 +1,114 @@
+"""Dataset and DataLoader builders (spec 8.3, quirk 17)."""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from excel.data.coco import COCODataset
+from excel.data.transforms import AugmentConfig
+from excel.data.voc import DatasetError, VOCDataset
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NUM_CLASSES = {"voc": 20, "coco": 80}
+
+
+def augment_config(cfg: DictConfig) -> AugmentConfig:
+    """``data.augment`` + ``quirks.crop_without_gt`` + ``data.ignore_index`` as an :class:`AugmentConfig`."""
+    aug = OmegaConf.to_container(cfg.data.augment, resolve=True)
+    return AugmentConfig.from_mapping(aug, crop_without_gt=bool(cfg.quirks.crop_without_gt),  # type: ignore[arg-type]
+                                      ignore_index=int(cfg.data.ignore_index))
+
+
+def num_foreground_classes(cfg: DictConfig) -> int:
+    """C_fg: the length of ``data.class_names`` when set, else 20 (voc) / 80 (coco)."""
+    names = list(cfg.data.class_names)
+    if names:
+        return len(names)
+    if cfg.data.name not in DEFAULT_NUM_CLASSES:
+        raise DatasetError(f"data.name={cfg.data.name!r} needs data.class_names to know the number of classes")
+    return DEFAULT_NUM_CLASSES[cfg.data.name]
+
+
+def build_dataset(cfg: DictConfig, split: str | None = None, stage: str = "train") -> VOCDataset:
+    """The dataset of ``cfg.data.name`` (voc | coco | custom = VOC layout with ``data.class_names``).
+
+    Args:
+        split: list name; None = ``data.train_split`` (train), ``data.val_split`` (val) or ``test``.
+        stage: ``train`` | ``val`` | ``test``. Test images are read from ``data.test_root`` when it is set.
+    """
+    data = cfg.data
+    if data.name not in ("voc", "coco", "custom"):
+        raise DatasetError(f"data.name={data.name!r} is not one of voc, coco, custom")
+    if split is None:
+        split = {"train": data.train_split, "val": data.val_split, "test": "test"}.get(stage, stage)
+    root = Path(data.root)
+    list_dir = Path(data.list_dir) if data.list_dir else root / "lists"
+    if stage == "test" and data.test_root:
+        root = Path(data.test_root)
+    kwargs = dict(list_dir=list_dir, stage=stage, augment=augment_config(cfg), image_dir=data.image_dir,
+                  label_dir=data.label_dir, num_classes=num_foreground_classes(cfg),
+                  ignore_index=int(data.ignore_index))
+    dataset = (COCODataset if data.name == "coco" else VOCDataset)(root, split, **kwargs)
+    log.info("%r from list %s", dataset, dataset.list_file)
+    return dataset
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy and python ``random`` from the worker's torch seed."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class ShardSampler(Sampler[int]):
+    """Rank r of w gets indices r, r + w, ... in order: no padding, so every item is scored exactly once."""
+
+    def __init__(self, dataset: Dataset, rank: int, world_size: int) -> None:
+        self.n, self.rank, self.world = len(dataset), rank, world_size  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+
+def build_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, distributed: bool | None = None,
+                 num_workers: int = 0, drop_last: bool = True, seed: int = 0, max_iter: int | None = None,
+                 pin_memory: bool = False) -> DataLoader:
+    """A DataLoader for training (``shuffle``) or evaluation.
+
+    Shuffling uses a :class:`DistributedSampler` (seed ``seed``) whose ``set_epoch`` is called once with
+    ``RandomState(seed).randint(max_iter)`` (0 when ``max_iter`` is None): every pass uses the same permutation
+    (quirk 17). Without a process group it is a one-replica sampler, i.e. what a one-GPU torchrun of the reference
+    does. Evaluation (``shuffle=False``) shards indices across ranks without padding (:class:`ShardSampler`).
+
+    Args:
+        distributed: None = whether torch.distributed is initialised.
+    """
+    is_init = dist.is_available() and dist.is_initialized()
+    if distributed is None:
+        distributed = is_init
+    if distributed and not is_init:
+        raise RuntimeError("build_loader(distributed=True) needs an initialised torch.distributed process group")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    sampler: Sampler[int] | None
+    if shuffle:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        epoch = int(np.random.RandomState(seed).randint(max_iter)) if max_iter else 0
+        sampler.set_epoch(epoch)
+    else:
+        sampler = ShardSampler(dataset, rank, world) if distributed else None
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
+                      drop_last=drop_last, worker_init_fn=seed_worker, generator=generator, pin_memory=pin_memory)

@@ -1,0 +1,217 @@
+"""Build and check the split lists and ``cls_labels_onehot.npy`` of a VOC or COCO folder (tools/prepare_*.py).
+
+Nothing is written when a problem is found, unless ``drop_bad`` (then the bad ids are left out of every list).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from excel.data.coco import PREFIXES, coco_label_path, find_coco_folders
+from excel.data.voc import DatasetError, load_image, load_label, multi_hot, read_list, save_cls_labels
+from excel.utils.io import atomic_write_text
+
+VOC_LISTS = ("train", "val", "test", "trainval")
+
+
+@dataclass
+class PrepareReport:
+    """What was found: list sizes written, and the bad ids per problem kind (with one message each)."""
+
+    written: dict[str, int] = field(default_factory=dict)
+    problems: dict[str, dict[str, str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, kind: str, name: str, message: str) -> None:
+        self.problems.setdefault(kind, {})[name] = message
+
+    def bad_ids(self) -> set[str]:
+        return {n for group in self.problems.values() for n in group}
+
+    def format(self, first: int = 5) -> str:
+        lines = list(self.notes)
+        for kind, group in self.problems.items():
+            names = list(group)
+            lines.append(f"{kind}: {len(names)} (first: {', '.join(names[:first])})")
+            lines.extend(f"    {group[n]}" for n in names[:first])
+        lines.extend(f"wrote {name}: {count} entries" for name, count in self.written.items())
+        return "\n".join(lines) if lines else "nothing to report"
+
+
+def _image_size(path: Path, deep: bool) -> tuple[int, int]:
+    """(H, W) from the header (``deep``: after a full decode). Raises DatasetError."""
+    if not path.is_file():
+        raise DatasetError(f"image file not found: {path}")
+    if deep:
+        return load_image(path).shape[:2]  # type: ignore[return-value]
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DatasetError(f"cannot read image {path}: {err}") from err
+
+
+def _scan(report: PrepareReport, names: Iterable[str], image_of: Callable[[str], Path],
+          label_of: Callable[[str], Path] | None, num_classes: int, deep: bool,
+          read_masks: bool) -> dict[str, np.ndarray]:
+    """Check each id's image (and mask); return the multi-hot labels of the ids whose mask was read."""
+    labels: dict[str, np.ndarray] = {}
+    for name in names:
+        path = image_of(name)
+        if not path.is_file():
+            report.add("missing images", name, f"{path} does not exist")
+            continue
+        try:
+            size = _image_size(path, deep)
+        except DatasetError as err:
+            report.add("unreadable images", name, str(err))
+            continue
+        if label_of is None:
+            continue
+        lpath = label_of(name)
+        if not lpath.is_file():
+            report.add("missing masks", name, f"{lpath} does not exist")
+        elif read_masks:
+            try:
+                labels[name] = multi_hot(load_label(lpath, num_classes, size=size), num_classes)
+            except DatasetError as err:
+                report.add("bad masks", name, str(err))
+    return labels
+
+
+def _write(out: Path, lists: dict[str, list[str]], labels: dict[str, np.ndarray] | None,
+           report: PrepareReport, drop_bad: bool) -> None:
+    if not report.ok and not drop_bad:
+        report.notes.append(f"problems found: nothing written to {out} (fix the files or pass --drop-bad)")
+        return
+    bad = report.bad_ids()
+    for list_name, names in lists.items():
+        kept = [n for n in names if n not in bad]
+        atomic_write_text(out / f"{list_name}.txt", "".join(f"{n}\n" for n in kept))
+        report.written[f"{list_name}.txt"] = len(kept)
+    if labels is not None:
+        save_cls_labels({k: v for k, v in labels.items() if k not in bad}, out / "cls_labels_onehot.npy")
+        report.written["cls_labels_onehot.npy"] = len(labels) - len(bad & set(labels))
+
+
+def _need_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DatasetError(f"{what} folder not found: {path}")
+    return path
+
+
+def prepare_voc(root: str | os.PathLike, out: str | os.PathLike | None = None,
+                sbd_root: str | os.PathLike | None = None, image_dir: str = "JPEGImages",
+                label_dir: str = "SegmentationClassAug", num_classes: int = 20, deep: bool = False,
+                drop_bad: bool = False) -> PrepareReport:
+    """Write VOC lists and ``cls_labels_onehot.npy`` into ``out`` (default ``<root>/lists``).
+
+    ``train_aug`` = (SBD ids | VOC train) - VOC val - VOC test, where the SBD ids are ``<sbd_root>/{train,val}.txt``
+    (both, as in the usual 10582-image set), or the ids of ``<sbd_root>/SegmentationClassAug/*.png``, or, without
+    ``sbd_root``, every mask in ``<root>/<label_dir>``. ``train``/``val``/``test``/``trainval`` are copied from
+    ``ImageSets/Segmentation`` when present. Raises DatasetError for a missing folder.
+    """
+    root = _need_dir(Path(root), "VOC root")
+    images = _need_dir(root / image_dir, "image")
+    masks = _need_dir(root / label_dir, "label")
+    out = Path(out) if out is not None else root / "lists"
+    report = PrepareReport()
+    lists: dict[str, list[str]] = {}
+    for name in VOC_LISTS:
+        path = root / "ImageSets" / "Segmentation" / f"{name}.txt"
+        if path.is_file():
+            lists[name] = read_list(path)
+    if not lists:
+        report.notes.append(f"no lists in {root / 'ImageSets' / 'Segmentation'}: only train_aug is written")
+    if sbd_root is not None:
+        sbd = _need_dir(Path(sbd_root), "SBD root")
+        sbd_lists = [sbd / f"{s}.txt" for s in ("train", "val") if (sbd / f"{s}.txt").is_file()]
+        if sbd_lists:
+            aug = [n for p in sbd_lists for n in read_list(p)]
+        elif (sbd / "SegmentationClassAug").is_dir():
+            aug = sorted(p.stem for p in (sbd / "SegmentationClassAug").glob("*.png"))
+        else:
+            raise DatasetError(f"SBD root {sbd} has neither train.txt/val.txt nor a SegmentationClassAug folder")
+        report.notes.append(f"SBD ids: {len(set(aug))} from {sbd}")
+    else:
+        aug = sorted(p.stem for p in masks.glob("*.png"))
+    held_out = set(lists.get("val", [])) | set(lists.get("test", []))
+    lists["train_aug"] = sorted((set(aug) | set(lists.get("train", []))) - held_out)
+    if not lists["train_aug"]:
+        raise DatasetError(f"train_aug would be empty: no masks in {masks} and no SBD / VOC train ids")
+    test = set(lists.get("test", []))
+    with_masks = sorted({n for k, v in lists.items() for n in v if k != "test"} - test)
+    labels = _scan(report, with_masks, lambda n: images / f"{n}.jpg", lambda n: masks / f"{n}.png",
+                   num_classes, deep, read_masks=True)
+    _scan(report, sorted(test), lambda n: images / f"{n}.jpg", None, num_classes, deep, read_masks=False)
+    _write(out, lists, labels, report, drop_bad)
+    return report
+
+
+def prepare_coco(root: str | os.PathLike, out: str | os.PathLike | None = None, image_dir: str = "JPEGImages",
+                 label_dir: str = "SegmentationClass", num_classes: int = 80, val_part: int = 5000,
+                 cls_labels: bool = True, deep: bool = False, drop_bad: bool = False) -> PrepareReport:
+    """Write COCO ``train``/``val``/``val_part`` (first ``val_part`` of val) lists and, with ``cls_labels``,
+    ``cls_labels_onehot.npy`` (keyed by full name) into ``out`` (default ``<root>/lists``). Either layout of
+    spec 10.2 / the README is accepted. Raises DatasetError when no image folder is found."""
+    root = _need_dir(Path(root), "COCO root")
+    out = Path(out) if out is not None else root / "lists"
+    report = PrepareReport()
+    lists: dict[str, list[str]] = {}
+    labels: dict[str, np.ndarray] = {}
+    for subset, prefix in PREFIXES.items():
+        image_folder, label_folder = find_coco_folders(root, subset, image_dir, label_dir)
+        if image_folder is None:
+            report.notes.append(f"no COCO {subset} image folder under {root}: {subset}.txt not written")
+            continue
+        if label_folder is None:
+            raise DatasetError(f"no COCO {subset} label folder under {root}: expected {label_dir}/{subset}/ or "
+                               f"{label_dir}/{subset}2014/")
+        names = sorted(p.stem for p in image_folder.glob(f"{prefix}*.jpg"))
+        if not names:
+            raise DatasetError(f"no {prefix}*.jpg images in {image_folder}")
+        report.notes.append(f"{subset}: {len(names)} images in {image_folder}, masks in {label_folder}")
+        lists[subset] = names
+        labels.update(_scan(report, names, lambda n, f=image_folder: f / f"{n}.jpg",
+                            lambda n, f=label_folder: coco_label_path(f, n), num_classes, deep, cls_labels))
+    if not lists:
+        raise DatasetError(f"no COCO image folder under {root}: expected {image_dir}/{{train,val}}/ or "
+                           f"{{train,val}}2014/")
+    if "val" in lists:
+        lists["val_part"] = lists["val"][:val_part]
+    _write(out, lists, labels if cls_labels else None, report, drop_bad)
+    return report
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, image_dir: str, label_dir: str) -> None:
+    """The options shared by tools/prepare_voc.py and tools/prepare_coco.py."""
+    parser.add_argument("--root", required=True, help="dataset folder")
+    parser.add_argument("--out", default=None, help="lists folder to write (default: <root>/lists)")
+    parser.add_argument("--image-dir", default=image_dir, help=f"image folder under root (default {image_dir})")
+    parser.add_argument("--label-dir", default=label_dir, help=f"mask folder under root (default {label_dir})")
+    parser.add_argument("--deep", action="store_true", help="decode every image fully (slow) instead of its header")
+    parser.add_argument("--drop-bad", action="store_true", help="write the lists without the bad ids")
+
+
+def run_and_report(job: Callable[[], PrepareReport]) -> int:
+    """Run a prepare job, print its report; 0 = all good (or bad ids dropped), 1 = problems, 2 = missing folders."""
+    try:
+        report = job()
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report.format())
+    if report.ok:
+        return 0
+    return 0 if report.written else 1

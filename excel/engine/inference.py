@@ -1,0 +1,179 @@
+"""Segmentation inference (spec §9.2, §9.3): trained-model loading and multi-scale + flip logits."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from excel.engine.checkpoint import CheckpointError, check_compatible, load_checkpoint, strip_module_prefix
+from excel.model import ExCEL, build_model
+
+log = logging.getLogger(__name__)
+
+__all__ = ["build_seeded_model", "load_trained_model", "load_model_weights", "multiscale_logits", "logit_size",
+           "upsample_logits"]
+
+POS_EMBED_SUFFIX = "positional_embedding"
+
+
+def build_seeded_model(cfg: DictConfig, mode: str = "val", clip_model: torch.nn.Module | None = None) -> ExCEL:
+    """``build_model(cfg, mode=mode)`` with torch's generator seeded by ``run.seed`` (the caller's RNG is kept).
+
+    Training seeds torch right before building the model, so a random-init CLIP (``model.clip.pretrained=null``)
+    comes out identical here, and a decoder-only checkpoint of such a run can be evaluated.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.run.seed))
+        return build_model(cfg, clip_model=clip_model, mode=mode)
+
+
+def _shape_problems(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], prefix: str) -> list[str]:
+    problems = []
+    for key, value in state.items():
+        if key in expected and tuple(value.shape) != tuple(expected[key].shape):
+            problems.append(f"{prefix}{key} has shape {tuple(value.shape)} in the checkpoint but "
+                            f"{tuple(expected[key].shape)} in the model")
+    return problems
+
+
+def _mismatch_hint(state: Mapping[str, torch.Tensor], model: ExCEL) -> str:
+    """Name the likely cause of a shape mismatch: class count (classifier rows) or backbone (fusion input width)."""
+    hints = []
+    cls_w = state.get("classifier.weight")
+    if cls_w is not None and cls_w.shape[0] != model.decoder.classifier.out_channels:
+        hints.append(f"the checkpoint predicts {cls_w.shape[0]} classes (background included) but the config has "
+                     f"{model.decoder.classifier.out_channels} (data.class_names + background)")
+    fc1 = state.get("fusion.fc1_weight")
+    expected = model.decoder.fusion.fc1_weight
+    if fc1 is not None and fc1.dim() == 3 and (fc1.shape[0] != expected.shape[0] or fc1.shape[2] != expected.shape[2]):
+        hints.append(f"the checkpoint's decoder reads {fc1.shape[0]} layers of width {fc1.shape[2]} but the "
+                     f"backbone (model.clip.name) has {expected.shape[0]} layers of width {expected.shape[2]}")
+    return ("; " + "; ".join(hints)) if hints else ""
+
+
+def load_model_weights(model: ExCEL, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Check a decoder-only or full-model state dict against ``model``, then load it (``ExCEL.load_decoder_state``).
+
+    ``module.`` prefixes are stripped; a full-model state (keys ``decoder.*``, ``visual.vit.*``) also restores the
+    CLIP weights except the positional embedding, which is always discarded (spec 9.2, quirk 8).
+
+    Raises:
+        CheckpointError: a shape differs (another class count, backbone or decoder width), or decoder keys are
+            missing or unexpected; the message names the keys and the likely cause.
+    """
+    state = strip_module_prefix(state)
+    full = any(k.startswith("decoder.") for k in state)
+    decoder_state = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")} if full else \
+        dict(state)
+    expected = model.decoder.state_dict()
+    problems = _shape_problems(decoder_state, expected, "decoder." if full else "")
+    missing = sorted(set(expected) - set(decoder_state))
+    unexpected = sorted(set(decoder_state) - set(expected))
+    if missing:
+        problems.append(f"decoder keys missing from the checkpoint: {missing[:6]}{' ...' if len(missing) > 6 else ''}")
+    if unexpected:
+        problems.append(f"unexpected decoder keys in the checkpoint: {unexpected[:6]}"
+                        f"{' ...' if len(unexpected) > 6 else ''}")
+    if full:
+        vit_state = {k[len("visual.vit."):]: v for k, v in state.items()
+                     if k.startswith("visual.vit.") and not k.endswith(POS_EMBED_SUFFIX)}
+        problems += _shape_problems(vit_state, model.visual.vit.state_dict(), "visual.vit.")[:4]
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model built from the config: " + "; ".join(problems)
+                              + _mismatch_hint(decoder_state, model))
+    try:
+        model.load_decoder_state(dict(state), strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{source} does not fit the model built from the config: {err}") from err
+    if full:
+        log.info("%s: full model; CLIP weights restored except the positional embedding", source)
+
+
+def load_trained_model(cfg: DictConfig, checkpoint: str | Path | None, device: torch.device,
+                       mode: str = "val") -> ExCEL:
+    """Build the model for inference on split ``mode`` and load a trained checkpoint into it.
+
+    The permanent positional resize happens only when ``mode`` contains "train" (quirk 8); the checkpoint's
+    positional embedding, if it holds a full model, is always discarded. ``module.`` prefixes are stripped, and a
+    checkpoint for another backbone or class count is refused with a message naming the mismatch.
+
+    Args:
+        checkpoint: an excel checkpoint or a plain state dict file; None keeps the built (random) decoder.
+    Returns:
+        The model on ``device`` in eval mode.
+    Raises:
+        FileNotFoundError, CheckpointError: see :func:`excel.engine.checkpoint.load_checkpoint` and
+            :func:`load_model_weights`.
+    """
+    model = build_seeded_model(cfg, mode=mode)
+    if checkpoint is not None:
+        ckpt = load_checkpoint(checkpoint, map_location="cpu")
+        check_compatible(ckpt.get("meta") or {}, model.meta(), source=str(checkpoint))
+        load_model_weights(model, ckpt["model"], source=str(checkpoint))
+        log.info("loaded %s (iteration %s)", checkpoint, ckpt.get("iteration"))
+        if cfg.model.clip.pretrained in (None, "") and not any(k.startswith("visual.") for k in ckpt["model"]):
+            log.warning("model.clip.pretrained is null and %s holds the decoder only: CLIP is rebuilt at random with "
+                        "run.seed=%s, which matches the trained run only if it used the same seed", checkpoint,
+                        cfg.run.seed)
+    return model.to(device).eval()
+
+
+def logit_size(height: int, width: int, logit_scale: float | None) -> tuple[int, int]:
+    """Size the per-scale logits are resized to before averaging: (H, W), or (int(s H), int(s W)) (spec 9.3)."""
+    if logit_scale is None:
+        return int(height), int(width)
+    if not 0 < float(logit_scale) <= 1:
+        raise ValueError(f"infer.logit_scale={logit_scale}: expected null or a factor in (0, 1]")
+    return max(1, int(float(logit_scale) * height)), max(1, int(float(logit_scale) * width))
+
+
+def upsample_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear (align_corners=False) resize of (C, h, w) or (B, C, h, w) logits to ``size``; same rank back."""
+    batched = logits.dim() == 4
+    x = logits if batched else logits.unsqueeze(0)
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
+    return x if batched else x[0]
+
+
+@torch.no_grad()
+def multiscale_logits(model: ExCEL, image: torch.Tensor, input_size: int, scales: Sequence[float],
+                      flip_at_unit_scale: bool, out_size: Sequence[int]) -> torch.Tensor:
+    """Average segmentation logits over scales and horizontal flips (spec 9.2, 9.3).
+
+    For every scale s the image is resized to a square of side int(input_size * s) (bilinear,
+    align_corners=False) and forwarded together with its mirror. The mirrored logits are flipped back and
+    averaged with the plain ones, except at s = 1.0 when ``flip_at_unit_scale`` is false (VOC, quirk 19: only
+    the plain logits count there, so the mirror is not even computed). Each scale's logits are resized to
+    ``out_size`` (bilinear, align_corners=False) and the scales are averaged.
+
+    Args:
+        model: the ExCEL model in eval mode.
+        image: (1, 3, h, w) normalised image.
+        input_size: the base square side (model.input_size).
+        scales: the factors (infer.scales).
+        out_size: (H', W') of the returned logits (the image size for VOC, 0.2x for COCO).
+    Returns:
+        (C, H', W') float32 averaged logits.
+    """
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError(f"multiscale_logits expects one image (1, 3, h, w), got {tuple(image.shape)}")
+    if not len(scales):
+        raise ValueError("infer.scales is empty: give at least one scale factor")
+    total = None
+    for s in scales:
+        side = int(input_size * float(s))
+        x = F.interpolate(image, size=(side, side), mode="bilinear", align_corners=False)
+        if float(s) == 1.0 and not flip_at_unit_scale:
+            merged = model(x).seg_logits.float()
+        else:
+            logits = model(torch.cat([x, x.flip(-1)], dim=0)).seg_logits.float()
+            merged = (logits[:1] + logits[1:].flip(-1)) / 2
+        merged = upsample_logits(merged, out_size)[0]
+        total = merged if total is None else total + merged
+    assert total is not None
+    return total / len(scales)

@@ -1,0 +1,318 @@
+"""The ExCEL training loop (spec §5.7, §7, §8): frozen CLIP, on-line pseudo labels, decoder training.
+
+``train(cfg)`` runs as one plain process or under torchrun (one process per device, gloo on CPU, nccl on CUDA).
+Only rank 0 logs to file and writes checkpoints. ``train.resume=auto`` continues from the newest checkpoint in the
+work dir with the same loss sequence as an uninterrupted run (see ``excel.engine.sampler``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from excel.cam import PAR, make_pseudo_labels
+from excel.config import resolve_device, save_config
+from excel.data import build_dataset
+from excel.engine import dist
+from excel.engine.checkpoint import (CheckpointError, check_compatible, latest_checkpoint, load_checkpoint,
+                                     restore_rng_states, save_checkpoint)
+from excel.engine.inference import load_model_weights
+from excel.engine.optim import PolyWarmupAdamW
+from excel.engine.sampler import InfiniteSampler, SeededItems
+from excel.engine.validate import validate
+from excel.losses import affinity_labels, affinity_loss, balanced_seg_loss
+from excel.model import ExCEL, build_model
+from excel.utils.io import atomic_write_text
+from excel.utils.logging import git_revision, setup_logging
+
+log = logging.getLogger(__name__)
+
+# Fault injection for the reliability tests: the process SIGKILLs itself after finishing this iteration.
+KILL_ENV = "EXCEL_TEST_KILL_AFTER_ITER"
+
+
+@dataclass
+class StepResult:
+    """Scalar results of one training iteration."""
+
+    loss: float
+    seg_loss: float
+    aff_loss: float
+    lr: float
+    lvc: bool
+
+
+def work_dir_of(cfg: DictConfig) -> Path:
+    """The run folder: ``run.work_dir`` with ``_<run.log_tag>`` appended when a tag is given."""
+    base = str(cfg.run.work_dir)
+    return Path(f"{base}_{cfg.run.log_tag}" if cfg.run.log_tag else base)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def par_input(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """Training PAR image (quirk 18): de-normalise, truncate to uint8, scale to [0, 1]. (B,3,H,W) -> (B,3,H,W)."""
+    mean_t = images.new_tensor(mean).view(1, 3, 1, 1)
+    std_t = images.new_tensor(std).view(1, 3, 1, 1)
+    pixels = images * std_t + mean_t
+    return pixels.clamp(0, 255).to(torch.uint8).to(images.dtype) / 255.0
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "none" or device.type != "cuda":
+        return torch.autocast(device_type=device.type, enabled=False)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+class Trainer:
+    """Holds the model, optimiser, data stream and schedule of one run; ``run()`` trains to ``train.max_iters``."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.rank, self.world_size, local_rank = dist.init_distributed()
+        device = resolve_device(cfg.run.device)
+        if device.type == "cuda" and dist.is_distributed():
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        self.device = device
+        self.work_dir = work_dir_of(cfg)
+        if self.rank == 0:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
+        setup_logging(self.work_dir / "train.log", self.rank)
+        if cfg.train.amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"train.amp={cfg.train.amp!r}: expected none, bf16 or fp16")
+        seed_everything(cfg.run.seed, cfg.run.deterministic)
+
+        self.model: ExCEL = build_model(cfg, mode="train").to(device)
+        self.ddp: torch.nn.Module = self.model
+        if dist.is_distributed():
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        self.optimizer = PolyWarmupAdamW(
+            self.model.trainable_parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+            betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, warmup_iters=cfg.optim.warmup_iters,
+            warmup_ratio=cfg.optim.warmup_ratio, max_iters=cfg.train.max_iters, power=cfg.optim.power)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=(cfg.train.amp == "fp16" and device.type == "cuda"))
+        self.par = PAR(dilations=list(cfg.cam.par.dilations), num_iter=cfg.cam.par.num_iter).to(device)
+        self.train_set = build_dataset(cfg, cfg.data.train_split, stage="train")
+        self.val_set = build_dataset(cfg, cfg.eval.split, stage="val")
+        self.start_iter = 0
+        self._resume()
+        self.tb = self._tensorboard()
+
+    # ----------------------------------------------------------------- setup helpers
+    def _resume(self) -> None:
+        spec = self.cfg.train.resume
+        if spec is None:
+            return
+        path = latest_checkpoint(self.work_dir) if spec == "auto" else Path(spec)
+        if path is None:
+            log.info("train.resume=auto: no checkpoint in %s, starting from scratch", self.work_dir)
+            return
+        ckpt = load_checkpoint(path, map_location="cpu")
+        check_compatible(ckpt.get("meta") or {}, self.model.meta(), source=str(path))
+        load_model_weights(self.model, ckpt["model"], source=str(path))  # CheckpointError naming any mismatch
+        if ckpt["optimizer"] is None or ckpt["iteration"] is None:
+            raise CheckpointError(f"train.resume={spec}: {path} holds model weights only (no optimizer state and "
+                                  f"iteration); resume needs a checkpoint written by training")
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if "scaler" in ckpt and ckpt["scaler"]:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        restore_rng_states(ckpt.get("rng"))
+        self.start_iter = int(ckpt["iteration"])
+        log.info("resumed from %s at iteration %d", path, self.start_iter)
+
+    def _tensorboard(self):
+        if not (self.cfg.run.tensorboard and self.rank == 0):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("run.tensorboard=true but tensorboard is not installed; continuing without it")
+            return None
+        return SummaryWriter(str(self.work_dir / "tb"))
+
+    def _loader(self) -> DataLoader:
+        cfg = self.cfg
+        sampler = InfiniteSampler(len(self.train_set), self.rank, self.world_size, seed=cfg.run.seed,
+                                  start=self.start_iter * cfg.train.batch_size)
+        return DataLoader(SeededItems(self.train_set), batch_size=cfg.train.batch_size, sampler=sampler,
+                          num_workers=cfg.data.num_workers, drop_last=True, pin_memory=self.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(cfg.run.seed),
+                          persistent_workers=cfg.data.num_workers > 0)
+
+    def _log_start(self) -> None:
+        if self.rank != 0:
+            return
+        save_config(self.cfg, self.work_dir / "config.yaml")
+        atomic_write_text(self.work_dir / "git_revision.txt", git_revision() + "\n")
+        cfg = self.cfg
+        log.info("work dir %s, device %s, %d process(es), git %s", self.work_dir, self.device, self.world_size,
+                 git_revision())
+        log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+        log.info("switches: TSE %s, SVC %s, LVC %s (from iter %s), attn_pred selection from iter %s, "
+                 "seg loss weight %s, affinity loss weight %s, amp %s",
+                 cfg.tse.enabled, cfg.model.svc.enabled, cfg.lvc.enabled, cfg.lvc.start_iter,
+                 cfg.lvc.attn_pred_start_iter, cfg.loss.seg_weight, cfg.loss.aff_weight, cfg.train.amp)
+        fixes = [k for k, v in cfg.quirks.items() if v]
+        log.info("quirk fixes on: %s", ", ".join(fixes) if fixes else "none (faithful reference behaviour)")
+
+    # ----------------------------------------------------------------- one iteration
+    def step(self, n: int, batch: dict[str, Any]) -> StepResult:
+        cfg = self.cfg
+        images = batch["image"].to(self.device, non_blocking=True)
+        cls_labels = batch["cls_label"].to(self.device, non_blocking=True)
+        self.ddp.train()
+        with _autocast(self.device, cfg.train.amp):
+            out = self.ddp(images)
+        use_lvc = bool(cfg.lvc.enabled) and n >= cfg.lvc.start_iter
+        with torch.no_grad():
+            lam = self.model.calibrated_lam(out, out.fused) if use_lvc else out.lam
+            q = out.attn_pred.detach().float() if n >= cfg.lvc.attn_pred_start_iter else None
+            pseudo = make_pseudo_labels(
+                lam.float(), out.attn.float(), cls_labels,
+                par_input(images, cfg.data.augment.mean, cfg.data.augment.std), images.shape[-2:],
+                attn_pred=q, box_threshold=cfg.cam.box_threshold, par=self.par,
+                affinity_layers=tuple(cfg.cam.affinity_layers), sinkhorn_iters=cfg.cam.sinkhorn_iters,
+                bg_power=cfg.cam.bg_power)
+        logits = out.seg_logits.float()
+        seg_loss = balanced_seg_loss(logits, pseudo) if cfg.loss.seg_weight else logits.new_zeros(())
+        if cfg.loss.aff_weight:
+            switch = cfg.train.aff_label_switch_iter
+            if switch is not None and n >= switch:
+                up = F.interpolate(logits.detach(), size=pseudo.shape[-2:], mode="bilinear", align_corners=False)
+                source = up.argmax(1)
+            else:
+                source = pseudo
+            g = logits.shape[-1]
+            aff_loss = affinity_loss(out.attn_pred.float(), affinity_labels(source, grid=(g, g),
+                                                                           radius=cfg.loss.aff_radius))
+        else:
+            aff_loss = logits.new_zeros(())
+        loss = cfg.loss.seg_weight * seg_loss + cfg.loss.aff_weight * aff_loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at iteration {n} "
+                                     f"(seg {seg_loss.item()}, affinity {aff_loss.item()})")
+        lr = self.optimizer.set_lr(n)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return StepResult(loss.item(), seg_loss.item(), aff_loss.item(), lr, use_lvc)
+
+    # ----------------------------------------------------------------- the loop
+    def run(self) -> dict[str, float]:
+        cfg = self.cfg
+        self._log_start()
+        metrics_file = self.work_dir / "metrics.jsonl"
+        if self.rank == 0:
+            _truncate_metrics(metrics_file, self.start_iter)
+        max_iters = int(cfg.train.max_iters)
+        data = iter(self._loader())
+        kill_at = int(os.environ.get(KILL_ENV, "-1"))
+        bar = tqdm(range(self.start_iter, max_iters), initial=self.start_iter, total=max_iters, desc="train",
+                   disable=self.rank != 0, dynamic_ncols=True)
+        last_val: dict[str, float] = {}
+        t0 = time.perf_counter()
+        for n in bar:
+            result = self.step(n, next(data))
+            if self.rank == 0:
+                record = {"iter": n, "loss": result.loss, "seg_loss": result.seg_loss, "aff_loss": result.aff_loss,
+                          "lr": result.lr, "lvc": result.lvc}
+                with open(metrics_file, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                bar.set_postfix(seg=f"{result.seg_loss:.4f}", aff=f"{result.aff_loss:.4f}", lr=f"{result.lr:.2e}")
+                if self.tb is not None:
+                    for key in ("loss", "seg_loss", "aff_loss", "lr"):
+                        self.tb.add_scalar(f"train/{key}", record[key], n)
+                if (n + 1) % cfg.train.log_iters == 0:
+                    elapsed = time.perf_counter() - t0
+                    done = n + 1 - self.start_iter
+                    eta = elapsed / done * (max_iters - n - 1)
+                    log.info("iter %d/%d lr %.3e seg_loss %.4f diver_loss %.4f lvc %s eta %s", n + 1, max_iters,
+                             result.lr, result.seg_loss, result.aff_loss, result.lvc, _fmt_time(eta))
+            finished = n + 1
+            if finished % cfg.train.eval_iters == 0 or finished == max_iters:
+                last_val = self.evaluate(finished)
+                if finished >= cfg.train.ckpt_start_iter:
+                    self.save(finished)
+            if finished == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        dist.barrier()
+        return last_val
+
+    def evaluate(self, iteration: int) -> dict[str, float]:
+        result = validate(self.model, self.val_set, self.cfg, self.device, par=self.par)
+        if self.rank == 0:
+            log.info("iter %d validation: seg mIoU %.2f, pseudo-label mIoU %.2f\n%s", iteration,
+                     100 * result["seg_miou"], 100 * result["pseudo_miou"], result["seg_table"])
+            with open(self.work_dir / "val.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"iter": iteration, "seg_miou": result["seg_miou"],
+                                     "pseudo_miou": result["pseudo_miou"]}) + "\n")
+            if self.tb is not None:
+                self.tb.add_scalar("val/seg_miou", result["seg_miou"], iteration)
+                self.tb.add_scalar("val/pseudo_miou", result["pseudo_miou"], iteration)
+        return {"seg_miou": result["seg_miou"], "pseudo_miou": result["pseudo_miou"]}
+
+    def save(self, iteration: int) -> None:
+        if self.rank == 0:
+            state = self.model.state_dict() if self.cfg.train.save_full_model else self.model.decoder_state_dict()
+            path = save_checkpoint(self.work_dir, state, self.optimizer, iteration, self.cfg,
+                                   extra={"scaler": self.scaler.state_dict()}, meta=self.model.meta(),
+                                   keep=self.cfg.train.keep_checkpoints)
+            log.info("saved checkpoint %s", path)
+        dist.barrier()
+
+
+def _truncate_metrics(path: Path, start_iter: int) -> None:
+    """Drop metric records at or past ``start_iter`` (they are recomputed after a resume)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["iter"] < start_iter]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train ExCEL with ``cfg``; returns the last validation figures (seg_miou, pseudo_miou)."""
+    trainer = Trainer(cfg)
+    try:
+        return trainer.run()
+    finally:
+        dist.cleanup()

@@ -1,0 +1,76 @@
+"""In-training validation (spec §8.5): single-scale segmentation and pseudo-label mIoU on the val split."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from excel.cam import PAR, make_pseudo_labels
+from excel.engine import dist
+from excel.evaluation import ConfusionMatrix
+
+
+def shard(dataset: Dataset, max_items: int | None = None) -> Subset:
+    """This rank's share of ``dataset`` (indices rank, rank + world, ...), each item on exactly one rank."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if max_items is not None:
+        n = min(n, int(max_items))
+    return Subset(dataset, list(range(dist.get_rank(), n, dist.get_world_size())))
+
+
+def eval_loader(dataset: Dataset, cfg: DictConfig, max_items: int | None = None) -> DataLoader:
+    """Batch-1 loader over this rank's shard (images keep their own sizes)."""
+    return DataLoader(shard(dataset, max_items), batch_size=1, shuffle=False, num_workers=cfg.data.num_workers,
+                      collate_fn=_collate_one)
+
+
+def _collate_one(items: list[dict[str, Any]]) -> dict[str, Any]:
+    item = items[0]
+    out: dict[str, Any] = {}
+    for key, value in item.items():
+        out[key] = value.unsqueeze(0) if torch.is_tensor(value) else [value]
+    return out
+
+
+def resize_square(images: torch.Tensor, side: int) -> torch.Tensor:
+    """Bilinear (align_corners=False) resize of (B,3,h,w) to (B,3,side,side)."""
+    return F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def validate(model, dataset: Dataset, cfg: DictConfig, device: torch.device, par: PAR | None = None,
+             box_threshold: float | None = None) -> dict[str, Any]:
+    """Score the decoder (seg) and the training-free-with-Q pseudo labels on ``dataset``; all ranks take part.
+
+    Returns dict(seg_miou, pseudo_miou, seg_table, pseudo_table, seg, pseudo) with the two ConfusionMatrix results.
+    """
+    num_classes = len(cfg.data.class_names) + 1
+    seg_cm = ConfusionMatrix(num_classes, device=device)
+    pseudo_cm = ConfusionMatrix(num_classes, device=device)
+    threshold = cfg.eval.box_threshold if box_threshold is None else box_threshold
+    was_training = model.training
+    model.eval()
+    loader = eval_loader(dataset, cfg, cfg.eval.max_images)
+    for batch in tqdm(loader, desc="validate", disable=dist.get_rank() != 0, leave=False, dynamic_ncols=True):
+        image = batch["image"].to(device)
+        label = batch["label"].to(device)
+        inputs = resize_square(image, cfg.model.input_size)
+        out = model(inputs)
+        logits = F.interpolate(out.seg_logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
+        seg_cm.update(logits.argmax(1), label)
+        pseudo = make_pseudo_labels(out.lam, out.attn, batch["cls_label"].to(device), inputs, label.shape[-2:],
+                                    attn_pred=out.attn_pred, box_threshold=threshold, par=par,
+                                    affinity_layers=tuple(cfg.cam.affinity_layers),
+                                    sinkhorn_iters=cfg.cam.sinkhorn_iters, bg_power=cfg.cam.bg_power)
+        pseudo_cm.update(pseudo, label)
+    seg_cm.all_reduce()
+    pseudo_cm.all_reduce()
+    model.train(was_training)
+    names = ["background", *cfg.data.class_names]
+    seg, pseudo = seg_cm.compute(), pseudo_cm.compute()
+    return {"seg_miou": float(seg["miou"]), "pseudo_miou": float(pseudo["miou"]), "seg": seg, "pseudo": pseudo,
+            "seg_table": seg_cm.table(names), "pseudo_table": pseudo_cm.table(names)}

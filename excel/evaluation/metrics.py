@@ -1,0 +1,134 @@
+"""Streaming confusion matrix and the mIoU of spec 9.1.
+
+Rows are ground truth, columns predictions. Only pixels with 0 <= gt < C are counted (255 is ignored).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def confusion_matrix(pred: torch.Tensor, gt: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C, C) int64 counts, ``out[g, p]`` = pixels with ground truth g predicted as p.
+
+    Args:
+        pred, gt: integer tensors of the same shape (any), on the same device.
+    Raises:
+        ValueError: shapes differ, or a counted pixel has a prediction outside [0, C).
+    """
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} differs from ground truth {tuple(gt.shape)}")
+    gt = gt.reshape(-1).long()
+    pred = pred.reshape(-1).long().to(gt.device)
+    keep = (gt >= 0) & (gt < num_classes)
+    gt, pred = gt[keep], pred[keep]
+    if pred.numel() and (pred.min() < 0 or pred.max() >= num_classes):
+        raise ValueError(f"predictions must lie in [0, {num_classes}) where the ground truth is scored, got range "
+                         f"[{int(pred.min())}, {int(pred.max())}]")
+    counts = torch.bincount(gt * num_classes + pred, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    out = np.full(num.shape, np.nan, dtype=np.float64)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+class ConfusionMatrix:
+    """Accumulates a (C, C) confusion matrix over many images; only the matrix is kept.
+
+    Args:
+        num_classes: C (background included: 21 for VOC, 81 for COCO).
+        device: where the counts live; None = the device of the first ``update``.
+    """
+
+    def __init__(self, num_classes: int, device: torch.device | str | None = None) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.mat: torch.Tensor | None = None
+        if device is not None:
+            self.mat = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
+
+    def reset(self) -> None:
+        if self.mat is not None:
+            self.mat.zero_()
+
+    def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
+        """Add the pixels of one prediction (any shape, e.g. (B, H, W)) and its ground truth (same shape)."""
+        counts = confusion_matrix(pred, gt, self.num_classes)
+        if self.mat is None:
+            self.mat = counts
+        else:
+            self.mat += counts.to(self.mat.device)
+
+    def all_reduce(self) -> None:
+        """Sum the matrix over all ranks (no-op without an initialised process group)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        if self.mat is None:
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+            self.mat = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
+        dist.all_reduce(self.mat, op=dist.ReduceOp.SUM)
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The counts as a (C, C) int64 numpy array on the CPU."""
+        if self.mat is None:
+            return np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        return self.mat.detach().cpu().numpy().astype(np.int64)
+
+    def compute(self) -> dict:
+        """Scores from the accumulated counts.
+
+        Returns a dict of:
+            iou (C,): TP / (row + col - TP), NaN for a class absent from both ground truth and prediction;
+            miou: the reference ``scores()`` value, nanmean of iou over classes with a GT row sum > 0;
+            miou_plain: the table's "m-IoU", the plain mean of the per-class IoU (a 0/0 class is skipped rather
+                than making it NaN; a class predicted but never in the GT counts as 0);
+            precision (C,): TP / col, recall (C,): TP / row (NaN on 0/0);
+            pixel_acc: TP summed / all counted pixels; mean_acc: nanmean of recall.
+        """
+        hist = self.matrix.astype(np.float64)
+        tp, rows, cols = np.diag(hist), hist.sum(1), hist.sum(0)
+        iou = _ratio(tp, rows + cols - tp)
+        valid = rows > 0
+        recall = _ratio(tp, rows)
+        return {
+            "iou": iou,
+            "miou": _nanmean(iou[valid]),
+            "miou_plain": _nanmean(iou),
+            "precision": _ratio(tp, cols),
+            "recall": recall,
+            "pixel_acc": float(tp.sum() / hist.sum()) if hist.sum() > 0 else math.nan,
+            "mean_acc": _nanmean(recall),
+        }
+
+    def table(self, class_names: Sequence[str] | None = None) -> str:
+        """A printable per-class table (IoU, precision, recall, in %) with both means."""
+        scores = self.compute()
+        names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
+        if len(names) != self.num_classes:
+            raise ValueError(f"table needs {self.num_classes} class names, got {len(names)}")
+        width = max(12, max(len(n) for n in names) + 2)
+        lines = [f"{'class':<{width}}{'IoU':>8}{'prec':>8}{'recall':>8}"]
+        for i, name in enumerate(names):
+            lines.append(f"{name:<{width}}" + "".join(_pct(scores[k][i]) for k in ("iou", "precision", "recall")))
+        lines.append(f"{'m-IoU':<{width}}{_pct(scores['miou_plain'])}")
+        lines.append(f"{'mIoU (GT)':<{width}}{_pct(scores['miou'])}")
+        lines.append(f"{'pixel acc':<{width}}{_pct(scores['pixel_acc'])}")
+        return "\n".join(lines)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else math.nan
+
+
+def _pct(value: float) -> str:
+    return f"{'nan':>8}" if math.isnan(value) else f"{100.0 * value:>8.2f}"

@@ -1,0 +1,201 @@
+"""Knowledge bases for Text Semantic Enrichment (spec 3.1).
+
+A knowledge base is a JSON object ``{plain class name: [sentence, ...]}``; each sentence reads
+"a clean origami {class}. {attribute}". Both this project's files (``excel/knowledge/*.json``) and the
+authors' files load with :func:`load_knowledge_base`, which returns the sentences keyed by the dataset's
+``class_names`` in label order, so the row order of a cluster bank's flags always follows the config.
+
+Key matching rule (the authors' COCO file spells some classes differently from ``coco.yaml``): for dataset
+class ``i`` with name ``class_names[i]`` and prompt ``prompt_names[i]``, the first of these that is a key of
+the file is used:
+
+1. the class name itself (``"bus"``);
+2. each comma-separated part of the prompt name, then its first word
+   (``"hairdrier,blowdrier"`` -> ``hairdrier``, ``blowdrier``; ``"tvmonitor screen"`` -> ``tvmonitor``);
+3. the normalised form (lower case, spaces, underscores and hyphens removed) of any of the above, compared
+   with the normalised keys (``"dining table"`` -> ``diningtable``).
+
+Two classes resolving to the same key, or a class resolving to none, is an error naming the file and class.
+Keys that match no class are ignored (logged once).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from excel.errors import ExcelError
+
+log = logging.getLogger(__name__)
+
+CONTEXT_LENGTH = 77  # CLIP text context, start and end tokens included
+DEFAULT_PREFIX = "a clean origami {}. "
+
+
+class KnowledgeBaseError(ExcelError, ValueError):
+    """A knowledge-base file or its content is not what the project expects."""
+
+
+@functools.lru_cache(maxsize=1)
+def _default_bpe():
+    """open_clip's CLIP BPE tokenizer (the same vocabulary for every OpenAI-style CLIP text tower)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()
+
+
+def count_tokens(text: str, tokenizer: Any = None) -> int:
+    """Number of CLIP tokens of ``text`` including the start and end tokens.
+
+    ``tokenizer`` needs an ``encode(str) -> list[int]`` method (open_clip's ``SimpleTokenizer``); None uses
+    open_clip's default CLIP BPE.
+    """
+    tok = tokenizer if tokenizer is not None and hasattr(tokenizer, "encode") else _default_bpe()
+    return len(tok.encode(text)) + 2
+
+
+def normalize_name(name: str) -> str:
+    """Lower case with spaces, underscores and hyphens removed: ``"Dining table"`` -> ``"diningtable"``."""
+    return re.sub(r"[\s_\-]+", "", name).lower()
+
+
+def _candidates(class_name: str, prompt_name: str | None) -> list[str]:
+    names = [class_name]
+    if prompt_name:
+        parts = [p.strip() for p in prompt_name.split(",") if p.strip()]
+        names.extend(parts)
+        if parts:
+            names.append(parts[0].split()[0])
+    seen: list[str] = []
+    for n in names:
+        if n not in seen:
+            seen.append(n)
+    return seen
+
+
+def match_classes(keys: Sequence[str], class_names: Sequence[str], prompt_names: Sequence[str] | None = None,
+                  source: str = "knowledge base") -> list[str]:
+    """For each dataset class, the key of ``keys`` it matches under the module's rule (same order as
+    ``class_names``). Raises KnowledgeBaseError naming ``source`` and the class on a missing or shared key."""
+    if prompt_names is not None and len(prompt_names) not in (0, len(class_names)):
+        raise KnowledgeBaseError(f"{source}: prompt_names has {len(prompt_names)} entries but class_names has "
+                                 f"{len(class_names)}; they must align")
+    prompts: Sequence[str | None] = prompt_names if prompt_names else [None] * len(class_names)
+    key_set = set(keys)
+    by_norm: dict[str, str] = {}
+    for k in keys:
+        by_norm.setdefault(normalize_name(k), k)
+    matched: list[str] = []
+    owner: dict[str, str] = {}
+    for name, prompt in zip(class_names, prompts):
+        cands = _candidates(name, prompt)
+        key = next((c for c in cands if c in key_set), None)
+        if key is None:
+            key = next((by_norm[normalize_name(c)] for c in cands if normalize_name(c) in by_norm), None)
+        if key is None:
+            raise KnowledgeBaseError(f"{source}: no entry for class '{name}' (tried {cands} and their normalised "
+                                     f"forms); the file has keys {sorted(keys)}")
+        if key in owner:
+            raise KnowledgeBaseError(f"{source}: classes '{owner[key]}' and '{name}' both match the key '{key}'")
+        owner[key] = name
+        matched.append(key)
+    unused = sorted(key_set - set(matched))
+    if unused:
+        log.info("%s: %d keys match no dataset class and are ignored: %s", source, len(unused), unused)
+    return matched
+
+
+def validate_sentences(knowledge: dict[str, list[str]], source: str = "knowledge base", tokenizer: Any = None,
+                       context_length: int = CONTEXT_LENGTH) -> None:
+    """Check every class has a non-empty list of non-empty strings, each within CLIP's context."""
+    for cls, sentences in knowledge.items():
+        if not isinstance(sentences, list):
+            raise KnowledgeBaseError(f"{source}: class '{cls}' must map to a list of sentences, "
+                                     f"got {type(sentences).__name__}")
+        if not sentences:
+            raise KnowledgeBaseError(f"{source}: class '{cls}' has an empty sentence list")
+        for i, s in enumerate(sentences):
+            if not isinstance(s, str) or not s.strip():
+                raise KnowledgeBaseError(f"{source}: class '{cls}' sentence {i} must be a non-empty string, got {s!r}")
+            n = count_tokens(s, tokenizer)
+            if n > context_length:
+                raise KnowledgeBaseError(f"{source}: class '{cls}' sentence {i} has {n} CLIP tokens, more than the "
+                                         f"context of {context_length}: {s!r}")
+
+
+def read_knowledge_json(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw JSON object of a knowledge-base file (errors name the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise KnowledgeBaseError(f"knowledge-base file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise KnowledgeBaseError(f"knowledge-base file {path} is not valid UTF-8 JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise KnowledgeBaseError(f"knowledge-base file {path} must hold a JSON object {{class: [sentences]}}, "
+                                 f"got {type(data).__name__}")
+    return data
+
+
+def load_knowledge_base(path: str | os.PathLike, class_names: Sequence[str],
+                        prompt_names: Sequence[str] | None = None, tokenizer: Any = None) -> dict[str, list[str]]:
+    """Read and validate a knowledge-base JSON file (ours or the authors').
+
+    Args:
+        path: JSON file ``{plain class name: [sentence, ...]}``.
+        class_names: dataset class names in label order (``cfg.data.class_names``).
+        prompt_names: optional prompt names aligned with ``class_names`` (used for key matching, see module doc).
+        tokenizer: object with ``encode(str) -> list[int]`` to count tokens; None = open_clip's CLIP BPE.
+    Returns:
+        ``{class_names[i]: sentences}`` in label order.
+    Raises:
+        KnowledgeBaseError: missing file, bad JSON, a class without entry, an empty list, a non-string
+        sentence or one longer than 77 CLIP tokens (the message names the file, class and sentence).
+    """
+    if not class_names:
+        raise KnowledgeBaseError(f"no class names given to load the knowledge base {path} (data.class_names is empty)")
+    data = read_knowledge_json(path)
+    keys = match_classes(list(data), class_names, prompt_names, source=str(path))
+    knowledge = {name: data[key] for name, key in zip(class_names, keys)}
+    validate_sentences(knowledge, source=str(path), tokenizer=tokenizer)
+    return knowledge
+
+
+def _strip_llm_line(line: str) -> str:
+    s = line.strip()
+    if s.endswith('",'):
+        s = s[:-2]
+    elif s.endswith(","):
+        s = s[:-1]
+    return s.strip().strip('"').strip()
+
+
+def convert_llm_text(text: str, class_names: Sequence[str], prefix_template: str = DEFAULT_PREFIX,
+                     per_class: int = 20, skip_before: int = 2, skip_after: int = 2) -> dict[str, list[str]]:
+    """Convert the authors' raw LLM text layout into a knowledge base (spec 3.1).
+
+    For each class in order the text holds ``skip_before`` header lines, ``per_class`` description lines
+    (each possibly quoted and ending in ``",``) and ``skip_after`` trailer lines. Each description becomes
+    ``prefix_template.format(class) + description``.
+    """
+    lines = text.splitlines()
+    block = skip_before + per_class + skip_after
+    need = block * len(class_names) - skip_after
+    if len(lines) < need:
+        raise KnowledgeBaseError(f"LLM text has {len(lines)} lines; {len(class_names)} classes in blocks of "
+                                 f"{skip_before}+{per_class}+{skip_after} lines need at least {need}")
+    out: dict[str, list[str]] = {}
+    for i, name in enumerate(class_names):
+        start = i * block + skip_before
+        descs = [_strip_llm_line(line) for line in lines[start:start + per_class]]
+        empty = [j for j, d in enumerate(descs) if not d]
+        if empty:
+            raise KnowledgeBaseError(f"LLM text: class '{name}' has empty description lines at block offsets {empty} "
+                                     f"(lines {[start + j + 1 for j in empty]}); is the block layout right?")
+        out[name] = [prefix_template.format(name) + d for d in descs]
+    return out

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Multi-scale + flip segmentation inference on VOC (optional CRF, test-set PNGs). Usage (as the seed):
+#   bash infer_seg_voc.sh tools/infer_lam.py [gpu_device=0] [gpu_number=1] [infer_set=val] [checkpoint_path] [key=value ...]
+# The seed passes a tool path first; it is accepted, and the VOC segmentation tool is what runs.
+set -euo pipefail
+source "$(dirname "$0")/scripts/_env.sh"
+source "$EXCEL_ROOT/scripts/_launch.sh"
+devices="${2:-0}"; nproc="${3:-1}"; split="${4:-val}"; ckpt="${5:-}"
+shift $(( $# < 5 ? $# : 5 ))
+excel_env
+extra=("infer.split=$split")
+[ -n "$ckpt" ] && extra+=("infer.checkpoint=$ckpt")
+excel_launch tools/infer_seg_voc.py "$devices" "$nproc" "${MASTER_PORT:-29521}" "${extra[@]}" "$@"

@@ -1,0 +1,26 @@
+"""Train ExCEL on MS COCO 2014 (configs/coco.yaml).
+
+One process (CPU or one GPU):
+    python scripts/train_coco.py data.root=/data/COCO
+torchrun, 2 GPUs (nccl; gloo on CPU):
+    torchrun --nproc_per_node=2 scripts/train_coco.py data.root=/data/COCO
+or with the seed's wrapper:
+    bash run_train.sh scripts/train_coco.py 0,1 2 29501 my_tag data.root=/data/COCO
+Resume: add train.resume=auto. Ablations: --config configs/ablations/<name>.yaml.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from excel.engine.cli import parse_config, run_cli
+from excel.engine.train import train
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    cfg = parse_config(argv, "Train ExCEL on MS COCO 2014.", "coco.yaml")
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, sys.argv[1:]))

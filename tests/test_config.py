@@ -1,0 +1,78 @@
+"""Config loading: merge order, struct mode, unknown keys named, every shipped file loads."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from excel.config import ConfigError, load_config, resolve_device
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+
+
+def test_merge_order_base_file_overrides():
+    cfg = load_config(CONFIGS / "voc.yaml", ["train.max_iters=7", "optim.lr=0.5"])
+    assert cfg.train.max_iters == 7 and cfg.optim.lr == 0.5
+    assert cfg.tse.num_clusters == 112          # from voc.yaml
+    assert cfg.optim.weight_decay == 0.01       # from base.yaml
+    assert len(cfg.data.class_names) == 20 and len(cfg.data.background_names) == 25
+
+
+def test_coco_values_from_spec():
+    cfg = load_config(CONFIGS / "coco.yaml")
+    assert len(cfg.data.class_names) == len(cfg.data.prompt_names) == 80
+    assert len(cfg.data.background_names) == 23
+    assert cfg.cam.box_threshold == 0.88 and cfg.lvc.start_iter == 30000 and cfg.train.max_iters == 100000
+    assert cfg.train.aff_label_switch_iter is None and cfg.infer.flip_at_unit_scale is True
+
+
+def test_unknown_key_in_override_is_named():
+    with pytest.raises(ConfigError, match="train.max_iter'"):
+        load_config(CONFIGS / "voc.yaml", ["train.max_iter=3"])
+
+
+def test_unknown_key_in_file_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  clip:\n    nmae: ViT-B-16\n")
+    with pytest.raises(ConfigError, match="nmae"):
+        load_config(bad)
+
+
+def test_missing_file_and_malformed_override(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.max_iters"])
+
+
+def test_base_chain_and_list_of_files(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text(f"_base_: {CONFIGS / 'coco.yaml'}\ntrain:\n  batch_size: 3\n")
+    cfg = load_config(child)
+    assert cfg.train.batch_size == 3 and cfg.tse.num_clusters == 224
+    cfg2 = load_config([CONFIGS / "voc.yaml", CONFIGS / "ablations" / "no_tse.yaml"])
+    assert cfg2.tse.enabled is False and cfg2.tse.num_clusters == 112
+
+
+def test_struct_mode_rejects_new_attribute():
+    cfg = load_config(CONFIGS / "voc.yaml")
+    with pytest.raises(Exception):
+        cfg.train.not_a_key = 1
+
+
+def test_quirks_default_faithful():
+    cfg = load_config(CONFIGS / "voc.yaml")
+    assert all(v is False for v in cfg.quirks.values())
+
+
+@pytest.mark.parametrize("ablation", sorted((CONFIGS / "ablations").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("dataset", ["voc.yaml", "coco.yaml"])
+def test_every_ablation_loads(ablation, dataset):
+    cfg = load_config([CONFIGS / dataset, ablation])
+    assert cfg.data.name in ("voc", "coco")
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")

@@ -1,0 +1,75 @@
+"""Dense CRF (real pydensecrf): it cleans noisy scores along image edges, keeps confident ones, and the pool
+returns what the inline call returns."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from excel.evaluation import CRF_DEFAULTS, CRFPool, crf_params, dense_crf
+
+
+def two_region_case(seed: int = 0, h: int = 36, w: int = 44):
+    """A dark left / bright right image, its truth, and noisy 2-class probabilities (~75% argmax accuracy)."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((h, w), dtype=np.int64)
+    truth[:, w // 2:] = 1
+    image = np.where(truth[..., None] == 1, 210, 40).astype(np.uint8).repeat(3, axis=2)
+    p1 = np.clip(0.3 + 0.4 * truth + rng.normal(0, 0.3, size=(h, w)), 0.01, 0.99).astype(np.float32)
+    return image, truth, np.stack([1 - p1, p1])
+
+
+def test_crf_cleans_noisy_two_region_probabilities():
+    image, truth, probs = two_region_case()
+    before = (probs.argmax(0) == truth).mean()
+    q = dense_crf(image, probs, **CRF_DEFAULTS)
+    after = (q.argmax(0) == truth).mean()
+    assert 0.6 < before < 0.85
+    assert after > 0.99 and after > before + 0.15
+    assert q.shape == probs.shape and q.dtype == np.float32
+    np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-4)
+
+
+def test_confident_argmax_is_kept():
+    h, w = 30, 40
+    labels = np.zeros((h, w), dtype=np.int64)
+    labels[5:20, 4:18] = 1
+    labels[12:28, 22:37] = 2
+    colours = np.array([[30, 90, 30], [200, 40, 40], [40, 40, 220]], dtype=np.uint8)
+    image = colours[labels]
+    probs = np.full((3, h, w), 0.0005, dtype=np.float32)
+    np.put_along_axis(probs, labels[None], 0.999, axis=0)
+    q = dense_crf(image, probs)
+    np.testing.assert_array_equal(q.argmax(0), labels)
+
+
+def test_raw_unary_equals_softmax_unary_and_errors():
+    image, _, probs = two_region_case(seed=1, h=12, w=14)
+    energy = -np.log(np.clip(probs, 1e-5, 1.0))
+    np.testing.assert_allclose(dense_crf(image, probs, iter_max=3), dense_crf(image, energy, iter_max=3, unary="raw"),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="uint8"):
+        dense_crf(image.astype(np.float32), probs)
+    with pytest.raises(ValueError, match="matching the image"):
+        dense_crf(image, probs[:, :5])
+    with pytest.raises(ValueError, match="unary"):
+        dense_crf(image, probs, unary="logits")
+    with pytest.raises(ValueError, match="unknown CRF parameter"):
+        crf_params({"iters": 3})
+    assert crf_params({"iter_max": 3})["bi_w"] == 4
+
+
+def test_crf_pool_matches_inline_in_submission_order():
+    cases = [two_region_case(seed=s, h=16 + s, w=20) for s in range(3)]
+    expected = [dense_crf(img, p, iter_max=4) for img, _, p in cases]
+    with CRFPool(num_workers=1, iter_max=4) as pool:
+        for i, (img, _, p) in enumerate(cases):
+            pool.submit(img, p, meta=f"img{i}")
+        got = list(pool.results())
+    assert [m for m, _ in got] == ["img0", "img1", "img2"]
+    for (_, q), e in zip(got, expected):
+        np.testing.assert_allclose(q, e, atol=1e-6)
+    with CRFPool(num_workers=0, labels_only=True, iter_max=4) as inline:
+        inline.submit(cases[0][0], cases[0][2], meta=0)
+        (meta, lab), = list(inline.ready())
+    assert meta == 0 and lab.dtype == np.uint8
+    np.testing.assert_array_equal(lab, expected[0].argmax(0))

@@ -1,0 +1,235 @@
+"""tools/build_knowledge_base.py against a real local HTTP server speaking the OpenAI chat-completions protocol."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("build_knowledge_base", REPO / "tools" / "build_knowledge_base.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tool = _load_tool()
+
+CLASSES = ["cat", "dog", "hot dog"]
+PROMPT = "CLASS=<{class_name}> N={n} OTHERS=<{other_classes}>"
+
+
+def good_answer(name: str, n: int) -> str:
+    return "\n".join(f"{i + 1}. It has visible part number {i + 1} of this {name}" for i in range(n))
+
+
+class FakeOpenAI:
+    """A threaded HTTP server on 127.0.0.1 implementing POST /v1/chat/completions.
+
+    ``script[class]`` is a list of (status, content) served in order for that class; afterwards a good answer.
+    Status 0 means: stall for 0.5 s, then answer well (slower than the client's timeout in the test).
+    ``counts`` counts requests per class; ``bodies`` keeps every request body.
+    """
+
+    def __init__(self, n: int = 3):
+        self.n = n
+        self.script: dict[str, list[tuple[int, str]]] = {}
+        self.counts: Counter = Counter()
+        self.bodies: list[dict] = []
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                first_user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+                name = re.search(r"CLASS=<([^>]*)>", first_user).group(1)
+                with fake.lock:
+                    fake.bodies.append(body)
+                    fake.counts[name] += 1
+                    queue = fake.script.get(name, [])
+                    status, content = queue.pop(0) if queue else (200, good_answer(name, fake.n))
+                if status == 0:
+                    time.sleep(0.5)
+                    status, content = 200, good_answer(name, fake.n)
+                if self.path != "/v1/chat/completions":
+                    status, content = 404, "no such route"
+                if status == 200:
+                    payload = {"id": "chatcmpl-test", "object": "chat.completion", "created": 0,
+                               "model": body["model"],
+                               "choices": [{"index": 0, "finish_reason": "stop",
+                                            "message": {"role": "assistant", "content": content}}],
+                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+                else:
+                    payload = {"error": {"message": content, "type": "server_error", "code": None}}
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture()
+def server(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    fake = FakeOpenAI(n=3)
+    yield fake
+    fake.close()
+
+
+def run_tool(server: FakeOpenAI, out: Path, classes_file: Path, *extra: str):
+    sleeps: list[float] = []
+    argv = ["--classes-file", str(classes_file), "--out", str(out), "--base-url", server.base_url,
+            "--model", "fake-model", "-n", str(server.n), f"tse.llm.prompt_template='{PROMPT}'",
+            "tse.llm.backoff_base=0.001", "tse.llm.backoff_max=0.01", "tse.llm.max_retries=2",
+            "tse.llm.max_invalid_retries=2", *extra]
+    kb = tool.main(argv, sleep=sleeps.append)
+    return kb, sleeps
+
+
+@pytest.fixture()
+def classes_file(tmp_path):
+    path = tmp_path / "classes.txt"
+    path.write_text("\n".join(CLASSES) + "\n")
+    return path
+
+
+def test_success_path_writes_prefixed_sentences(server, tmp_path, classes_file):
+    out = tmp_path / "kb.json"
+    kb, sleeps = run_tool(server, out, classes_file)
+    on_disk = json.loads(out.read_text())
+    assert on_disk == kb
+    assert list(on_disk) == CLASSES
+    assert on_disk["cat"][0] == "a clean origami cat. it has visible part number 1 of this cat."
+    assert all(len(v) == 3 for v in on_disk.values())
+    assert server.counts == Counter({"cat": 1, "dog": 1, "hot dog": 1})
+    assert sleeps == []
+    # the request carried the model, the system prompt and the filled template
+    body = server.bodies[0]
+    assert body["model"] == "fake-model"
+    assert body["messages"][0]["role"] == "system"
+    assert body["messages"][1]["content"] == "CLASS=<cat> N=3 OTHERS=<dog, hot dog>"
+    # "hot dog" mentions "dog" only inside its own name: accepted without re-asking
+    assert server.counts["hot dog"] == 1
+
+
+def test_malformed_answer_is_reasked(server, tmp_path, classes_file):
+    server.script["dog"] = [(200, "1. it has fur.\n2. it has fur."),  # too few, duplicate
+                            (200, "1. it has a tail like a cat\n2. it barks loud at night\n3. it has four legs")]
+    out = tmp_path / "kb.json"
+    kb, _ = run_tool(server, out, classes_file)
+    assert server.counts["dog"] == 3
+    assert kb["dog"] == [f"a clean origami dog. it has visible part number {i} of this dog." for i in (1, 2, 3)]
+    # the re-ask carries the conversation and says what was wrong
+    reask = [b["messages"] for b in server.bodies if b["messages"][1]["content"].startswith("CLASS=<dog>")][-1]
+    assert [m["role"] for m in reask] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert "names other classes ['cat']" in reask[-1]["content"]
+
+
+def test_invalid_answers_exhaust_limit(server, tmp_path, classes_file):
+    server.script["cat"] = [(200, "nothing useful")] * 3
+    with pytest.raises(tool.LLMToolError, match="class 'cat': no valid answer after 3 tries"):
+        run_tool(server, tmp_path / "kb.json", classes_file)
+    assert server.counts["cat"] == 3
+
+
+def test_server_error_is_retried_with_backoff(server, tmp_path, classes_file):
+    server.script["cat"] = [(500, "boom"), (503, "busy")]
+    kb, sleeps = run_tool(server, tmp_path / "kb.json", classes_file)
+    assert server.counts["cat"] == 3
+    assert sleeps == pytest.approx([0.001, 0.002])
+    assert len(kb["cat"]) == 3
+
+
+def test_timeout_is_retried(server, tmp_path, classes_file):
+    server.script["dog"] = [(0, "")]
+    kb, sleeps = run_tool(server, tmp_path / "kb.json", classes_file, "tse.llm.timeout=0.2")
+    assert server.counts["dog"] == 2 and sleeps == pytest.approx([0.001])
+    assert len(kb["dog"]) == 3
+
+
+def test_auth_failure_names_base_url_and_env_var(server, tmp_path, classes_file):
+    server.script["cat"] = [(401, "Incorrect API key provided")]
+    with pytest.raises(tool.LLMToolError) as info:
+        run_tool(server, tmp_path / "kb.json", classes_file)
+    msg = str(info.value)
+    assert "OPENAI_API_KEY" in msg and f"127.0.0.1:{server.server.server_address[1]}" in msg
+    assert server.counts["cat"] == 1  # not retried
+    assert not (tmp_path / "kb.json").exists()
+
+
+def test_missing_key_is_a_clear_error(server, tmp_path, classes_file, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with pytest.raises(tool.LLMToolError, match="OPENAI_API_KEY is not set"):
+        run_tool(server, tmp_path / "kb.json", classes_file)
+    assert sum(server.counts.values()) == 0
+
+
+def test_resume_after_interruption_never_reasks_finished(server, tmp_path, classes_file):
+    out = tmp_path / "kb.json"
+    server.script["dog"] = [(500, "down")] * 3  # more failures than max_retries=2 -> the run stops at "dog"
+    with pytest.raises(tool.LLMToolError, match="giving up after 3 attempts"):
+        run_tool(server, out, classes_file)
+    partial = json.loads(out.read_text())
+    assert list(partial) == ["cat"]
+    kb, _ = run_tool(server, out, classes_file)
+    assert list(kb) == CLASSES
+    assert kb["cat"] == partial["cat"]
+    assert server.counts == Counter({"cat": 1, "dog": 4, "hot dog": 1})
+
+
+def test_resume_from_preexisting_file_in_class_order(server, tmp_path, classes_file):
+    out = tmp_path / "kb.json"
+    out.write_text(json.dumps({"hot dog": ["a clean origami hot dog. it is kept."]}))
+    kb, _ = run_tool(server, out, classes_file)
+    assert list(kb) == CLASSES
+    assert kb["hot dog"] == ["a clean origami hot dog. it is kept."]
+    assert server.counts == Counter({"cat": 1, "dog": 1})
+
+
+def test_parse_answer_formats():
+    assert tool.parse_answer("Here you go:\n1. a b c\n2) d e f\n\n- g h i\nThanks") == ["a b c", "d e f", "g h i"]
+    assert tool.parse_answer('```json\n["x y z", "u v w"]\n```') == ["x y z", "u v w"]
+    assert tool.parse_answer('{"attributes": ["x y z"]}') == ["x y z"]
+    assert tool.parse_answer("plain one\nplain two") == ["plain one", "plain two"]
+
+
+def test_validate_attributes_rules():
+    prefix = "a clean origami cat. "
+    ok = ["it has whiskers.", "its ears are pointed.", "it has soft fur."]
+    assert tool.validate_attributes(ok, 3, "cat", ["dog", "hot dog"], prefix) == []
+    probs = tool.validate_attributes(["it chases a dog.", "its ears are pointed.", "Its ears are  pointed.", "ok"],
+                                     3, "cat", ["dog", "hot dog"], prefix)
+    text = " | ".join(probs)
+    assert "expected exactly 3" in text and "names other classes ['dog']" in text
+    assert "repeats item 2" in text and "item 4 is not a sentence" in text
+    # whole words only: "dogged" is not "dog"
+    assert tool.validate_attributes(["it is dogged and calm."], 1, "cat", ["dog"], prefix) == []
+    long = "it has " + " ".join(["whiskers"] * 80) + "."
+    assert "too long" in " ".join(tool.validate_attributes([long], 1, "cat", [], prefix))
+    assert tool.clean_attribute(' "It has a tail" ') == "it has a tail."

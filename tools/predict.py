@@ -1,0 +1,67 @@
+"""Predict label maps for any images: label PNGs and colour overlays with a legend.
+
+With a trained checkpoint (its stored config supplies the classes; multi-scale + flip as in infer.*):
+    python tools/predict.py photos/ --out preds --checkpoint work_dirs/voc/checkpoints/iter_0030000.pth [--crf]
+Training-free, open vocabulary (LAM + pseudo labels of spec 9.4, no training):
+    python tools/predict.py "photos/*.jpg" --out preds --classes "cat,dog,sofa"
+    python tools/predict.py img.jpg --out preds --classes-file my_classes.yaml --knowledge-base my_kb.json
+A class YAML is a list of names or a mapping with class_names (and optionally prompt_names, background_names).
+With --knowledge-base (JSON {class: [sentences]}) the TSE cluster bank is built on the fly and cached; without it
+the text bank holds the plain prompts. Which classes are "present" in an image: --labels cls (default) keeps those
+whose CLIP zero-shot probability over the given classes is >= --cls-threshold (the top class always);
+--labels all marks every given class present. Trailing key=value arguments override config keys
+(e.g. run.device=cpu infer.scales=[1.0]). Outputs: <out>/labels/*.png, <out>/overlays/*.png, classes.json,
+predictions.json.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from typing import Any, Sequence
+
+from excel.config import resolve_device
+from excel.engine.predict import Predictor, parse_class_list, predict_config, predict_images, read_class_file
+from excel.utils.logging import setup_logging
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE|FOLDER|GLOB [key=value]",
+                        help="images, folders (searched recursively) or glob patterns; then config overrides")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--checkpoint", default=None, help="trained checkpoint (trained mode)")
+    parser.add_argument("--classes", default=None, help='comma-separated class names, e.g. "cat,dog" (training-free)')
+    parser.add_argument("--classes-file", default=None, help="YAML with the class names (training-free)")
+    parser.add_argument("--knowledge-base", default=None, help="JSON {class: [sentences]} for TSE (training-free)")
+    parser.add_argument("--labels", choices=("cls", "all"), default="cls",
+                        help="training-free label vector: CLS-score threshold (default) or every class present")
+    parser.add_argument("--cls-threshold", type=float, default=0.1,
+                        help="zero-shot probability a class needs to be present with --labels cls (default 0.1)")
+    parser.add_argument("--crf", action="store_true", help="dense CRF on the trained model's prediction")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="experiment YAML merged on top (repeatable)")
+    args = parser.parse_intermixed_args(argv)
+    overrides = [a for a in args.inputs if _OVERRIDE.match(a)]
+    inputs = [a for a in args.inputs if not _OVERRIDE.match(a)]
+    if not inputs:
+        parser.error("no input images given")
+    if args.classes and args.classes_file:
+        parser.error("give --classes or --classes-file, not both")
+    vocabulary = None
+    if args.classes:
+        vocabulary = {"class_names": parse_class_list(args.classes)}
+    elif args.classes_file:
+        vocabulary = read_class_file(args.classes_file)
+    setup_logging(None)
+    cfg = predict_config(args.config, overrides, checkpoint=args.checkpoint, vocabulary=vocabulary,
+                         knowledge_base=args.knowledge_base)
+    predictor = Predictor(cfg, checkpoint=args.checkpoint, labels=args.labels, cls_threshold=args.cls_threshold,
+                          crf=args.crf or bool(args.checkpoint and cfg.infer.crf), device=resolve_device(cfg.run.device))
+    return predict_images(predictor, inputs, args.out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,29 @@
+"""Write the PASCAL VOC split lists and cls_labels_onehot.npy, and report missing or unreadable files.
+
+    python tools/prepare_voc.py --root data/VOC2012 [--sbd-root data/SBD/dataset] [--out data/VOC2012/lists]
+
+train_aug = (SBD train + val, or every mask in <root>/SegmentationClassAug) + VOC train - VOC val - VOC test.
+Exit code 0 when all is well, 1 when files are missing or bad (nothing written unless --drop-bad), 2 when a
+folder is missing.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from excel.data.prepare import add_common_arguments, prepare_voc, run_and_report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, image_dir="JPEGImages", label_dir="SegmentationClassAug")
+    parser.add_argument("--sbd-root", default=None,
+                        help="SBD folder with train.txt/val.txt (or a SegmentationClassAug folder) for train_aug")
+    parser.add_argument("--num-classes", type=int, default=20, help="foreground classes (default 20)")
+    args = parser.parse_args(argv)
+    return run_and_report(lambda: prepare_voc(args.root, args.out, args.sbd_root, args.image_dir, args.label_dir,
+                                              args.num_classes, args.deep, args.drop_bad))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from excel.errors import ExcelError
@@ -60,7 +60,39 @@ def _file_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
     return chain
 
 
+def _kind(value: object) -> str | None:
+    """The type family a config value must keep: section, list, bool, number, string (None: anything goes)."""
+    if isinstance(value, (DictConfig, dict)):
+        return "section"
+    if isinstance(value, (ListConfig, list, tuple)):
+        return "list"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return None
+
+
+def _check_types(base: DictConfig, other: DictConfig, source: str, prefix: str = "") -> None:
+    """Refuse a value whose type family differs from the base value's (null in either place is allowed)."""
+    for key in other.keys():
+        if key not in base:
+            continue  # unknown keys are reported by the merge
+        full = f"{prefix}{key}"
+        old, new = base._get_node(key)._value(), other._get_node(key)._value()  # raw values, interpolations kept
+        old_kind, new_kind = _kind(old), _kind(new)
+        if old_kind is None or new_kind is None or old_kind == new_kind or (old_kind == "string" and new_kind == "number"):
+            if old_kind == new_kind == "section":
+                _check_types(base[key], other[key], source, full + ".")
+            continue
+        raise ConfigError(f"config key '{full}' in {source} must be a {old_kind} (like its default {old!r}), "
+                          f"got {new!r}")
+
+
 def _merge_strict(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    _check_types(base, other, source)
     try:
         return OmegaConf.merge(base, other)  # type: ignore[return-value]
     except (ConfigKeyError, ConfigAttributeError) as err:

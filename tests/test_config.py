@@ -76,3 +76,14 @@ def test_every_ablation_loads(ablation, dataset):
 def test_resolve_device():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+def test_value_types_are_checked():
+    with pytest.raises(ConfigError, match="train.max_iters.*must be a number"):
+        load_config(CONFIGS / "voc.yaml", ["train.max_iters=abc"])
+    with pytest.raises(ConfigError, match="'model.clip'.*must be a section"):
+        load_config(CONFIGS / "voc.yaml", ["model.clip=3"])
+    with pytest.raises(ConfigError, match="infer.scales.*must be a list"):
+        load_config(CONFIGS / "voc.yaml", ["infer.scales=1.0"])
+    cfg = load_config(CONFIGS / "voc.yaml", ["train.aff_label_switch_iter=null", "tse.bank_file=/x.pth", "optim.lr=1e-4"])
+    assert cfg.train.aff_label_switch_iter is None and cfg.tse.bank_file == "/x.pth" and cfg.optim.lr == 1e-4

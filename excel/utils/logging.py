@@ -11,6 +11,13 @@ from excel.config import REPO_ROOT
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _QuietOpenClip(logging.Filter):
+    """Drop open_clip's INFO chatter (it logs model-building steps on the root logger); keep its warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "open_clip" not in record.pathname
+
+
 def setup_logging(log_file: str | Path | None = None, rank: int = 0, level: int = logging.INFO) -> None:
     """Configure the root logger once: INFO on rank 0 (console + ``log_file``), WARNING elsewhere."""
     root = logging.getLogger()
@@ -19,11 +26,13 @@ def setup_logging(log_file: str | Path | None = None, rank: int = 0, level: int 
     root.setLevel(level if rank == 0 else logging.WARNING)
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
+    console.addFilter(_QuietOpenClip())
     root.addHandler(console)
     if log_file is not None and rank == 0:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
         file_handler.setFormatter(logging.Formatter(_FORMAT))
+        file_handler.addFilter(_QuietOpenClip())
         root.addHandler(file_handler)
     for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "huggingface_hub", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

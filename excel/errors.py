@@ -24,3 +24,7 @@ def user_message(err: BaseException) -> str:
     marker = f"\n{name}: "
     cut = text.rfind(marker)
     return text[cut + len(marker):].strip() if cut >= 0 else text
+
+
+class UsageError(ExcelError, ValueError):
+    """A command-line argument or config value that does not fit the requested job."""

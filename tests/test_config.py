@@ -87,3 +87,12 @@ def test_value_types_are_checked():
         load_config(CONFIGS / "voc.yaml", ["infer.scales=1.0"])
     cfg = load_config(CONFIGS / "voc.yaml", ["train.aff_label_switch_iter=null", "tse.bank_file=/x.pth", "optim.lr=1e-4"])
     assert cfg.train.aff_label_switch_iter is None and cfg.tse.bank_file == "/x.pth" and cfg.optim.lr == 1e-4
+
+
+def test_cli_accepts_overrides_before_and_after_config(tmp_path):
+    """The shell wrappers put their own key=value arguments before the user's --config FILE and overrides."""
+    from excel.engine.cli import parse_config
+
+    cfg = parse_config(["infer.split=train", "--config", str(CONFIGS / "ablations" / "no_tse.yaml"),
+                        "train.max_iters=9"], "test", "voc.yaml")
+    assert cfg.infer.split == "train" and cfg.tse.enabled is False and cfg.train.max_iters == 9

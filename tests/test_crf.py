@@ -73,3 +73,16 @@ def test_crf_pool_matches_inline_in_submission_order():
         (meta, lab), = list(inline.ready())
     assert meta == 0 and lab.dtype == np.uint8
     np.testing.assert_array_equal(lab, expected[0].argmax(0))
+
+
+def test_dense_crf_accepts_a_read_only_image():
+    """np.asarray of a PIL image is read-only; pydensecrf needs a writable buffer, so dense_crf copies it."""
+    from PIL import Image
+
+    from excel.evaluation.crf import dense_crf
+
+    image = np.asarray(Image.fromarray(np.zeros((6, 7, 3), np.uint8)))
+    assert not image.flags.writeable
+    probs = np.stack([np.full((6, 7), 0.8, np.float32), np.full((6, 7), 0.2, np.float32)])
+    q = dense_crf(image, probs)
+    assert q.shape == (2, 6, 7) and np.allclose(q.sum(0), 1, atol=1e-4) and (q.argmax(0) == 0).all()

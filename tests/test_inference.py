@@ -274,6 +274,9 @@ def test_checkpoint_prefixes_and_refusals(seg_checkpoint, ref_model, tmp_path):
     torch.save({f"module.{k}": v for k, v in state.items()}, plain)  # a bare DDP state dict, no metadata
     loaded = load_trained_model(cfg, plain, torch.device("cpu"))
     torch.testing.assert_close(loaded.decoder.classifier.weight, state["classifier.weight"])
+    # quirk 8: only a split name containing "train" resizes the stored positional grid for good (64 px -> 4x4)
+    assert loaded.visual.pos_grid == 14
+    assert load_trained_model(cfg, plain, torch.device("cpu"), mode="train").visual.pos_grid == 4
     ckpt = load_checkpoint(seg_checkpoint["path"])
     bad = tmp_path / "vitb.pth"
     save_checkpoint(bad, ckpt["model"], None, 2, None, meta=dict(ckpt["meta"], backbone="ViT-B-16"))

@@ -72,7 +72,7 @@ def test_trained_checkpoint_with_crf_on_a_glob(seg_checkpoint, photo_dir, tmp_pa
     assert label.shape == (96, 128) and label.max() <= 20
 
 
-def test_training_free_plain_prompts_all_present_matches_pipeline(photo_dir, seg_checkpoint, tmp_path):
+def test_training_free_plain_prompts_all_present_matches_pipeline(photo_dir, tmp_path):
     argv = [str(photo_dir / "a.jpg"), "--out", str(tmp_path), "--classes", "cat, dog", "--labels", "all",
             "--config", str(REPO / "configs" / "test_tiny.yaml"), f"tse.cache_dir={tmp_path / 'banks'}"]
     records = predict_tool.main(argv)
@@ -92,9 +92,8 @@ def test_training_free_plain_prompts_all_present_matches_pipeline(photo_dir, seg
     assert set(np.unique(label)) <= {0, 1, 2}
 
 
-def test_cls_probabilities_and_thresholded_label_vector(seg_checkpoint):
-    cfg = predict_config([REPO / "configs" / "test_tiny.yaml"], [f"tse.cache_dir={seg_checkpoint['cfg'].tse.cache_dir}"],
-                         vocabulary={"class_names": ["cat", "dog", "car"]})
+def test_cls_probabilities_and_thresholded_label_vector():
+    cfg = predict_config([REPO / "configs" / "test_tiny.yaml"], [], vocabulary={"class_names": ["cat", "dog", "car"]})
     predictor = Predictor(cfg, labels="cls", cls_threshold=1.0)  # only the top class survives this threshold
     tokens = torch.randn(1, 5, predictor.model.text_bank.shape[1])
     probs = predictor.cls_probabilities(tokens)

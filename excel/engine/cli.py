@@ -29,7 +29,7 @@ def config_from_args(args: argparse.Namespace, default_config: str | None) -> Di
 
 def parse_config(argv: Sequence[str] | None, description: str, default_config: str | None) -> DictConfig:
     """Parse ``argv`` with :func:`config_parser` and return the merged config."""
-    args = config_parser(description, default_config).parse_args(argv)
+    args = config_parser(description, default_config).parse_intermixed_args(argv)
     return config_from_args(args, default_config)
 
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
+from excel.errors import UsageError
 from excel.cam import PAR, make_pseudo_labels, pseudo_label_scores
 from excel.config import resolve_device
 from excel.data import build_dataset
@@ -52,7 +53,7 @@ def lam_inputs(model: ExCEL, x: torch.Tensor, with_checkpoint: bool) -> tuple[to
         enc = model.encode(x)
         return enc.lam, enc.attn, None
     if x.shape[0] != 1:
-        raise ValueError("checkpoint-mode LAM inference takes one image at a time (the flip pair is the batch)")
+        raise UsageError("checkpoint-mode LAM inference takes one image at a time (the flip pair is the batch)")
     out = model(torch.cat([x, x.flip(-1)], dim=0))
     lam_pair = model.calibrated_lam(out, out.fused)  # mu over the 2-image batch (quirk 9)
     g = int(round(lam_pair.shape[1] ** 0.5))
@@ -93,7 +94,7 @@ def run_infer_lam(cfg: DictConfig) -> dict[str, Any]:
         device = torch.device("cuda", local_rank)
     split = str(cfg.infer.split)
     if split == "test":
-        raise ValueError("infer.split=test has no image-level labels: pseudo labels need them (use train or val)")
+        raise UsageError("infer.split=test has no image-level labels: pseudo labels need them (use train or val)")
     out_dir = Path(cfg.infer.output_dir) if cfg.infer.output_dir else work_dir_of(cfg) / f"infer_lam_{split}"
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from excel.errors import UsageError
 from excel.backbone import load_clip
 from excel.config import CONFIG_DIR, ConfigError, load_config
 from excel.cam import PAR, make_pseudo_labels
@@ -126,7 +127,7 @@ def parse_class_list(text: str) -> list[str]:
     """``"cat, dog,traffic light"`` -> ``["cat", "dog", "traffic light"]`` (empty entries are an error)."""
     names = [n.strip() for n in text.split(",")]
     if not names or any(not n for n in names):
-        raise ValueError(f"--classes {text!r}: expected comma-separated class names, e.g. \"cat,dog\"")
+        raise UsageError(f"--classes {text!r}: expected comma-separated class names, e.g. \"cat,dog\"")
     return names
 
 
@@ -144,13 +145,13 @@ def read_class_file(path: str | Path) -> dict[str, list[str]]:
     known = {"class_names", "prompt_names", "background_names"}
     unknown = set(data.keys()) - known
     if unknown or "class_names" not in data:
-        raise ValueError(f"class file {path}: expected a list of names or a mapping with class_names (and optionally "
+        raise UsageError(f"class file {path}: expected a list of names or a mapping with class_names (and optionally "
                          f"prompt_names, background_names); got keys {sorted(map(str, data.keys()))}")
     out = {k: [str(v) for v in data[k]] for k in known if k in data}
     if not out["class_names"]:
-        raise ValueError(f"class file {path}: class_names is empty")
+        raise UsageError(f"class file {path}: class_names is empty")
     if "prompt_names" in out and len(out["prompt_names"]) != len(out["class_names"]):
-        raise ValueError(f"class file {path}: prompt_names has {len(out['prompt_names'])} entries but class_names "
+        raise UsageError(f"class file {path}: prompt_names has {len(out['prompt_names'])} entries but class_names "
                          f"has {len(out['class_names'])}")
     return out
 
@@ -195,10 +196,10 @@ def predict_config(config_files: Sequence[str | Path] = (), overrides: Sequence[
     background_names) and ``knowledge_base``; ``tse.num_clusters`` given in ``overrides`` is kept as is.
     """
     if checkpoint is not None and vocabulary is not None:
-        raise ValueError("a trained checkpoint predicts the classes it was trained on; give either a checkpoint or "
+        raise UsageError("a trained checkpoint predicts the classes it was trained on; give either a checkpoint or "
                          "--classes/--classes-file (training-free), not both")
     if checkpoint is None and vocabulary is None:
-        raise ValueError("predict needs a trained checkpoint (--checkpoint) or class names (--classes / "
+        raise UsageError("predict needs a trained checkpoint (--checkpoint) or class names (--classes / "
                          "--classes-file) for training-free pseudo labels")
     files: list[str | Path] = [CONFIG_DIR / default_config]
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,7 +220,7 @@ def predict_config(config_files: Sequence[str | Path] = (), overrides: Sequence[
         set_vocabulary(cfg, vocabulary["class_names"], vocabulary.get("prompt_names"),
                        vocabulary.get("background_names"), knowledge_base, keep_num_clusters=keep)
     elif knowledge_base is not None:
-        raise ValueError("--knowledge-base is for training-free mode; a checkpoint's text bank comes from its config")
+        raise UsageError("--knowledge-base is for training-free mode; a checkpoint's text bank comes from its config")
     return cfg
 
 
@@ -250,11 +251,11 @@ class Predictor:
     def __init__(self, cfg: DictConfig, checkpoint: str | Path | None = None, labels: str = "cls",
                  cls_threshold: float = 0.1, crf: bool = False, device: torch.device | str = "cpu") -> None:
         if labels not in LABEL_MODES:
-            raise ValueError(f"labels={labels!r}: expected one of {LABEL_MODES}")
+            raise UsageError(f"labels={labels!r}: expected one of {LABEL_MODES}")
         if not 0.0 <= cls_threshold <= 1.0:
-            raise ValueError(f"cls_threshold={cls_threshold}: expected a probability in [0, 1]")
+            raise UsageError(f"cls_threshold={cls_threshold}: expected a probability in [0, 1]")
         if crf and checkpoint is None:
-            raise ValueError("the CRF is applied to trained-model predictions; give a checkpoint or drop --crf")
+            raise UsageError("the CRF is applied to trained-model predictions; give a checkpoint or drop --crf")
         self.cfg, self.labels, self.cls_threshold, self.crf = cfg, labels, float(cls_threshold), crf
         self.device = torch.device(device)
         self.class_names = list(cfg.data.class_names)

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Subset
 from tqdm import tqdm
 
+from excel.errors import UsageError
 from excel.config import save_config
 from excel.data import build_dataset, denormalize, voc_palette
 from excel.engine import dist
@@ -153,7 +154,7 @@ def segment(cfg: DictConfig, tool: str = "infer_seg_voc") -> dict[str, Any]:
         images, timings (seconds per image) and the output folder.
     """
     if cfg.infer.checkpoint in (None, ""):
-        raise ValueError(f"{tool}: infer.checkpoint is null; segmentation inference needs a trained checkpoint "
+        raise UsageError(f"{tool}: infer.checkpoint is null; segmentation inference needs a trained checkpoint "
                          f"(infer.checkpoint=/path/to/iter_XXXXXXX.pth)")
     dist.init_distributed()
     rank = dist.get_rank()

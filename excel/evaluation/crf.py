@@ -27,6 +27,8 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, iter_max: int = 10, pos_xy_s
     import pydensecrf.densecrf as dcrf
 
     image = np.asarray(image)
+    if not image.flags.writeable:  # pydensecrf needs a writable buffer (np.asarray of a PIL image is read-only)
+        image = image.copy()
     probs = np.asarray(probs)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"dense_crf needs an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")

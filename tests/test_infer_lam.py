@@ -1,0 +1,91 @@
+"""tools/infer_lam.py and infer_lam.sh: training-free and checkpoint modes, CRF, overlays, sharding over 2 ranks."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from excel.config import load_config
+from excel.engine.infer_lam import lam_inputs
+from excel.engine.inference import load_trained_model
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = str(REPO / "configs" / "test_tiny.yaml")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env.pop("EXCEL_TEST_KILL_AFTER_ITER", None)
+    return env
+
+
+@pytest.mark.slow
+def test_infer_lam_sh_writes_labels_overlays_crf_and_table(mini_voc, tmp_path):
+    """The seed's usage: bash infer_lam.sh TOOL GPU NGPU SPLIT CKPT [overrides]; on CPU it says so and runs."""
+    out = tmp_path / "lam"
+    cmd = ["bash", str(REPO / "infer_lam.sh"), "tools/infer_lam.py", "0", "1", "train", "", "--config", TINY,
+           f"data.root={mini_voc}", f"tse.cache_dir={tmp_path / 'banks'}", f"infer.output_dir={out}",
+           "infer.save_overlays=true", "infer.crf=true", "infer.crf_workers=0"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "no GPU found: running on CPU" in proc.stdout
+    names = (mini_voc / "lists" / "train.txt").read_text().split()
+    for name in names:
+        label = np.array(Image.open(out / "pseudo_labels" / f"{name}.png"))
+        gt = np.array(Image.open(mini_voc / "SegmentationClassAug" / f"{name}.png"))
+        assert label.shape == gt.shape
+        present = {int(v) for v in np.unique(gt) if v not in (0, 255)}
+        assert set(np.unique(label).tolist()) <= {0} | present  # only bg and the image's own classes
+        assert (out / "pseudo_labels_crf" / f"{name}.png").exists() and (out / "overlays" / f"{name}.png").exists()
+    assert list((out / "overlays" / "cams").glob("*.jpg"))
+    result = json.loads((out / "results.json").read_text())
+    assert result["mode"] == "training-free" and 0 <= result["miou"] <= 1 and 0 <= result["crf_miou"] <= 1
+    log = (out / "infer_lam.log").read_text()
+    assert "background" in log and "m-IoU" in log and "aeroplane" in log
+
+
+def test_checkpoint_mode_lam_is_flip_merged_and_renormalised(seg_checkpoint):
+    """§9.4: LAM = max(LAM_x, unflip LAM_flip), then per class (lam - min) / (max + 1e-5); Q from the pair."""
+    cfg = load_config(TINY, seg_checkpoint["overrides"])
+    model = load_trained_model(cfg, seg_checkpoint["path"], torch.device("cpu"), mode="train")
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 64, 64)
+    lam, attn, q = lam_inputs(model, x, with_checkpoint=True)
+    out = model(torch.cat([x, x.flip(-1)]))
+    pair = model.calibrated_lam(out, out.fused)
+    g, c = 4, pair.shape[-1]
+    merged = torch.maximum(pair[0], pair[1].view(g, g, c).flip(1).reshape(g * g, c))
+    expected = (merged - merged.min(0).values) / ((merged - merged.min(0).values).max(0).values + 1e-5)
+    torch.testing.assert_close(lam[0], expected)
+    assert lam.min() == 0 and lam.max() < 1
+    torch.testing.assert_close(attn, out.attn[:, :1])
+    torch.testing.assert_close(q, out.attn_pred[:1])
+    # a mirror-symmetric image gives a mirror-symmetric merged LAM
+    sym = torch.cat([x[..., :32], x[..., :32].flip(-1)], dim=-1)
+    lam_sym, _, _ = lam_inputs(model, sym, with_checkpoint=True)
+    grid = lam_sym[0].view(g, g, c)
+    torch.testing.assert_close(grid, grid.flip(1), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_two_ranks_give_the_single_process_scores(mini_voc, tmp_path):
+    def run(nproc: int, out: Path) -> dict:
+        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                    "--master_port=29563"] if nproc > 1 else [sys.executable]
+        cmd = launcher + [str(REPO / "tools" / "infer_lam.py"), "--config", TINY, f"data.root={mini_voc}",
+                          f"tse.cache_dir={tmp_path / 'banks'}", f"infer.output_dir={out}", "infer.split=val"]
+        proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return json.loads((out / "results.json").read_text())
+
+    one, two = run(1, tmp_path / "one"), run(2, tmp_path / "two")
+    assert one["miou"] == pytest.approx(two["miou"], abs=1e-12) and one["num_images"] == two["num_images"] == 4
+    for png in sorted((tmp_path / "one" / "pseudo_labels").glob("*.png")):
+        assert np.array_equal(np.array(Image.open(png)), np.array(Image.open(tmp_path / "two" / "pseudo_labels" / png.name)))

@@ -5,9 +5,5 @@
 set -euo pipefail
 source "$(dirname "$0")/scripts/_env.sh"
 source "$EXCEL_ROOT/scripts/_launch.sh"
-devices="${2:-0}"; nproc="${3:-1}"; split="${4:-val}"; ckpt="${5:-}"
-shift $(( $# < 5 ? $# : 5 ))
-excel_env
-extra=("infer.split=$split")
-[ -n "$ckpt" ] && extra+=("infer.checkpoint=$ckpt")
-excel_launch tools/infer_seg_voc.py "$devices" "$nproc" "${MASTER_PORT:-29521}" "${extra[@]}" "$@"
+source "$EXCEL_ROOT/scripts/_infer_seg.sh"
+excel_infer_seg tools/infer_seg_voc.py 29521 "$@"

@@ -34,6 +34,12 @@ def voc_palette() -> list[int]:
     return [v for rgb in colours for v in rgb]
 
 
+def full_palette() -> list[int]:
+    """A flat 768-int PIL palette with the PASCAL colour map for all 256 indices (0..20 equal ``voc_palette``;
+    unlike it, 21..254 get distinct colours so that COCO's 81 classes or a long vocabulary stay readable)."""
+    return [v for i in range(256) for v in _voc_colour(i)]
+
+
 def palette_array(palette: Sequence[int] | None = None) -> np.ndarray:
     """The palette as a (256, 3) uint8 array (``voc_palette()`` when None)."""
     pal = np.asarray(voc_palette() if palette is None else palette, dtype=np.int64)

@@ -40,7 +40,7 @@ from excel.errors import UsageError
 from excel.backbone import load_clip
 from excel.config import CONFIG_DIR, ConfigError, load_config
 from excel.cam import PAR, make_pseudo_labels
-from excel.data.palette import overlay, with_legend
+from excel.data.palette import full_palette, overlay, with_legend
 from excel.data.transforms import normalize
 from excel.data.voc import load_image
 from excel.engine.checkpoint import load_checkpoint
@@ -60,22 +60,6 @@ CLUSTERS_PER_SENTENCE = 112 / 400  # the VOC ratio (spec 3.2), used to size the 
 
 
 # ----------------------------------------------------------------------------- colours and files
-def _pascal_colour(index: int) -> tuple[int, int, int]:
-    r = g = b = 0
-    for shift in range(7, -1, -1):
-        r |= (index & 1) << shift
-        g |= ((index >> 1) & 1) << shift
-        b |= ((index >> 2) & 1) << shift
-        index >>= 3
-    return r, g, b
-
-
-def full_palette() -> list[int]:
-    """A flat 768-int PIL palette: the PASCAL colour map for all 256 indices (0..20 equal ``voc_palette``; unlike
-    it, 21..254 get distinct colours so that COCO's 81 classes or a long vocabulary stay readable)."""
-    return [v for i in range(256) for v in _pascal_colour(i)]
-
-
 def save_overlay(path: str | Path, rgb: np.ndarray, label: np.ndarray, class_names: Sequence[str],
                  alpha: float = 0.5) -> None:
     """Write ``rgb`` (H, W, 3) uint8 with the colours of ``label`` (H, W) blended in and a legend strip below."""

@@ -25,6 +25,7 @@ def test_coco_values_from_spec():
     assert len(cfg.data.background_names) == 23
     assert cfg.cam.box_threshold == 0.88 and cfg.lvc.start_iter == 30000 and cfg.train.max_iters == 100000
     assert cfg.train.aff_label_switch_iter is None and cfg.infer.flip_at_unit_scale is True
+    assert cfg.eval.split == "val_part" and cfg.infer.logit_scale == 0.2
 
 
 def test_unknown_key_in_override_is_named():

@@ -180,6 +180,8 @@ class Trainer:
                  "seg loss weight %s, affinity loss weight %s, amp %s",
                  cfg.tse.enabled, cfg.model.svc.enabled, cfg.lvc.enabled, cfg.lvc.start_iter,
                  cfg.lvc.attn_pred_start_iter, cfg.loss.seg_weight, cfg.loss.aff_weight, cfg.train.amp)
+        if cfg.train.amp != "none" and self.device.type != "cuda":
+            log.warning("train.amp=%s is for CUDA; on %s the run stays in fp32", cfg.train.amp, self.device)
         fixes = [k for k, v in cfg.quirks.items() if v]
         log.info("quirk fixes on: %s", ", ".join(fixes) if fixes else "none (faithful reference behaviour)")
 

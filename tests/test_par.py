@@ -181,3 +181,18 @@ def test_par_bad_input():
         PAR(dilations=(0, 1))
     with pytest.raises(ValueError, match="same B"):
         PAR()(torch.rand(2, 3, 8, 8), torch.rand(1, 2, 8, 8))
+
+
+def test_par_num_channels_skips_only_padding():
+    gen = torch.Generator().manual_seed(3)
+    images = torch.rand(3, 3, 12, 12, generator=gen)
+    masks = torch.rand(3, 4, 12, 12, generator=gen)
+    par = PAR(num_iter=5)
+    full = par(images, masks)
+    counts = torch.tensor([4, 1, 2])
+    trimmed = par(images, masks, num_channels=counts)
+    for b, n in enumerate(counts.tolist()):
+        assert torch.equal(trimmed[b, :n], full[b, :n])       # the same ops on the needed channels: bit-exact
+    assert torch.equal(par(images, masks, num_channels=torch.tensor([4, 4, 4])), full)
+    with pytest.raises(ValueError, match="num_channels"):
+        par(images, masks, num_channels=torch.tensor([1, 2]))

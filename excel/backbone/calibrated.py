@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from excel.backbone.svc import interpolate_pos_embed, merge_heads, pos_grid_side, split_heads, surgery_attention
+from excel.backbone.svc import (interpolate_pos_embed, merge_heads, pos_grid_side, softmax_last_, split_heads,
+                                surgery_attention)
 
 
 @dataclass
@@ -176,7 +177,7 @@ class CalibratedVisual(nn.Module):
         value = qkv[..., 2 * self.width:]
         q, k, v = (split_heads(t, self.num_heads) for t in qkv.chunk(3, dim=-1))   # (B, h, N, d)
         orig = (q * self.scale) @ k.transpose(-1, -2)                             # (B, h, N, N)
-        orig = torch.softmax(orig, dim=-1, out=orig)                              # in place: no second buffer
+        orig = softmax_last_(orig)                                                 # in place in float32
         x_ori = F.linear(merge_heads(orig @ v), mha.out_proj.weight, mha.out_proj.bias)
         surgery = surgery_attention(q, k, v, self.scale, head_reduce=reduce, ex_bias=ex_bias)  # (B, N, N)
         x_new = F.linear(surgery @ value, mha.out_proj.weight, mha.out_proj.bias)

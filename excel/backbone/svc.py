@@ -19,7 +19,7 @@ def surgery_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, head_reduce
     """The surgery attention matrix M of one calibrated block (spec 1.4).
 
     Per head h: M_h = [softmax(q_h q_h^T s) + softmax(k_h k_h^T s) + softmax(v_h v_h^T s)] / 3 (softmax over the
-    last axis, CLS included). The three softmaxes are computed in one batched op. With ``ex_bias`` (the LVC term,
+    last axis, CLS included). The three softmaxes run in place, a few images at a time. With ``ex_bias`` (the LVC term,
     spec 5.6 step 6), E is added to the patch-patch block M_h[1:, 1:] of every head before the head reduction.
 
     Args:
@@ -37,20 +37,28 @@ def surgery_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, head_reduce
         raise ValueError(f"ex_bias must have shape (B, N-1, N-1) = {(batch, n - 1, n - 1)}, "
                          f"got {tuple(ex_bias.shape)}")
     # Same ops and summation order as softmax(stack) -> sum over the three -> / 3 (bit-identical), but in place
-    # and a few images at a time: on CPU one image's (h, N, N) maps stay in the cache (spec 12).
+    # and image by image on CPU, where one image's (h, N, N) maps stay in the cache (spec 12).
     step = _surgery_chunk(q)
     out = []
     for b in range(0, batch, step):
         m = None
         for t in (q[b:b + step], k[b:b + step], v[b:b + step]):
             sim = (t * scale) @ t.transpose(-1, -2)                  # (b, h, N, N), scale on the small side
-            sim = torch.softmax(sim, dim=-1, out=sim)
+            sim = softmax_last_(sim)
             m = sim if m is None else m.add_(sim)
         m = m.div_(3.0)
         if ex_bias is not None:
             m[:, :, 1:, 1:] += ex_bias[b:b + step, None]
         out.append(m.sum(1) if head_reduce == "sum" else m.mean(1))
     return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def softmax_last_(x: Tensor) -> Tensor:
+    """Softmax over the last axis, in place for float32 (same values as ``torch.softmax``, no second buffer).
+
+    Other dtypes (bf16 under autocast) use the functional op, so that CUDA autocast can compute it in float32.
+    """
+    return torch.softmax(x, dim=-1, out=x) if x.dtype == torch.float32 else torch.softmax(x, dim=-1)
 
 
 def _surgery_chunk(q: Tensor) -> int:

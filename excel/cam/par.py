@@ -7,7 +7,7 @@ a_k(x) = softmax_k(κ_k(x)) + w_pos * softmax_k(π_k), and each round sets Mask(
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -80,14 +80,16 @@ def color_affinity(
         mean.add_(_shifted(padded, pad, o, size))
     mean.div_(k)
     var = torch.zeros_like(images)
+    dev = torch.empty_like(images)  # one scratch buffer for all offsets
     for o in offsets:
-        dev = _shifted(padded, pad, o, size) - mean
+        torch.sub(_shifted(padded, pad, o, size), mean, out=dev)
         var.addcmul_(dev, dev)
     std = var.div_(k - 1).sqrt_().add_(_STD_EPS)
     logits = images.new_empty((b, k, h, w))
     for i, o in enumerate(offsets):
-        ratio = (_shifted(padded, pad, o, size) - images).abs_().div_(std).div_(color_scale)
-        logits[:, i] = ratio.square_().mean(dim=1)
+        # (x / σ / s)^2 == (|x| / σ / s)^2 bit for bit (IEEE division and squaring ignore the sign), so no abs
+        torch.sub(_shifted(padded, pad, o, size), images, out=dev)
+        torch.mean(dev.div_(std).div_(color_scale).square_(), dim=1, out=logits[:, i])
     weights = torch.softmax(logits.neg_(), dim=1)
     pos = torch.softmax(pos_logits.to(device=images.device, dtype=images.dtype), dim=0)
     return weights.add_(pos_weight * pos[None, :, None, None])
@@ -149,12 +151,15 @@ class PAR(nn.Module):
         self.pos_weight = float(pos_weight)
         self.register_buffer("pos_logits", position_logits(dilations, color_scale), persistent=False)
 
-    def forward(self, images: Tensor, masks: Tensor) -> Tensor:
+    def forward(self, images: Tensor, masks: Tensor, num_channels: Optional[Tensor] = None) -> Tensor:
         """Refine score maps.
 
         Args:
             images: B x 3 x h x w image (any size; resized bilinearly with align_corners=True to H x W).
             masks: B x M x H x W score maps.
+            num_channels: optional B counts: only the first ``num_channels[b]`` maps of image b are needed (the
+                others are padding). On CPU the padding is skipped (image by image, the same values); elsewhere
+                the batch runs in one go. Padding channels of the result are unspecified.
 
         Returns:
             B x M x H x W refined maps.
@@ -164,9 +169,20 @@ class PAR(nn.Module):
                 f"PAR: expected images B x 3 x h x w and masks B x M x H x W with the same B, got "
                 f"{tuple(images.shape)} and {tuple(masks.shape)}"
             )
+        if num_channels is not None and tuple(num_channels.shape) != (masks.shape[0],):
+            raise ValueError(f"PAR: num_channels must hold B = {masks.shape[0]} counts, "
+                             f"got shape {tuple(num_channels.shape)}")
         images = F.interpolate(images.to(masks.dtype), size=masks.shape[-2:], mode="bilinear", align_corners=True)
         weights = color_affinity(images, self.dilations, self.pos_logits, self.color_scale, self.pos_weight)
-        return propagate(masks, weights, self.dilations, self.num_iter)
+        counts = num_channels.tolist() if num_channels is not None and masks.device.type == "cpu" else []
+        if not counts or min(counts) >= masks.shape[1]:
+            return propagate(masks, weights, self.dilations, self.num_iter)
+        out = masks.clone()  # each channel is refined on its own, so skipping some changes no other
+        for b, n in enumerate(counts):
+            n = max(0, min(int(n), masks.shape[1]))
+            if n:
+                out[b, :n] = propagate(masks[b : b + 1, :n], weights[b : b + 1], self.dilations, self.num_iter)[0]
+        return out
 
     def extra_repr(self) -> str:
         return f"dilations={self.dilations}, num_iter={self.num_iter}"

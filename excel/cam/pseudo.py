@@ -98,7 +98,7 @@ def pseudo_label_scores(
     stack = normalize_and_upsample(refined, valid, (height, width), bg_power)  # B x (1 + M) x H x W
     if par is None:
         par = PAR().to(lam.device)
-    stack = par(images, stack)
+    stack = par(images, stack, num_channels=1 + valid.sum(dim=1))  # padded class slots need no refinement
     stack[:, 1:].masked_fill_(~valid[:, :, None, None], float("-inf"))
     return stack, lut
 
@@ -127,5 +127,7 @@ def make_pseudo_labels(
     stack, lut = pseudo_label_scores(lam, attn, cls_labels, images, out_size, attn_pred, box_threshold, par,
                                      affinity_layers, sinkhorn_iters, bg_power)
     b, _, height, width = stack.shape
-    winner = stack.argmax(dim=1)  # B x H x W, index into [bg, present classes...]
+    # B x H x W index into [bg, present classes...]; argmax over a contiguous last axis is ~10x faster on CPU than
+    # over the strided channel axis, with the same tie and NaN rules (first maximum)
+    winner = stack.permute(0, 2, 3, 1).contiguous().argmax(dim=-1)
     return lut.gather(1, winner.view(b, -1)).view(b, height, width)

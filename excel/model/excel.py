@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -18,6 +19,8 @@ from excel.text.bank import build_text_bank, encode_prompts
 from excel.text.cluster_bank import get_cluster_bank
 
 log = logging.getLogger(__name__)
+
+FROZEN_AUTOCAST = ("none", "bf16")
 
 
 @dataclass
@@ -63,17 +66,22 @@ class ExCEL(nn.Module):
         temperature: feature-surgery CLS temperature (cam.temperature).
         normalize_over: "tokens" (faithful, quirk 5) or "channels" (quirks.channel_normalize).
         per_sample_mean: quirks.per_sample_batch_mean for the LVC similarity.
+        frozen_autocast: model.clip.autocast: "none" (faithful fp32) or "bf16" (CUDA autocast of the CLIP forward;
+            its outputs are cast back to float32; no-op on CPU).
         meta: what a checkpoint of this model must agree with (backbone, num_classes, ...), see ``meta()``.
     """
 
     def __init__(self, visual: CalibratedVisual, decoder: nn.Module, text_bank: Tensor, num_fg: int,
                  temperature: float = 2.0, normalize_over: str = "tokens", per_sample_mean: bool = False,
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, frozen_autocast: str = "none") -> None:
         super().__init__()
         if text_bank.dim() != 2 or text_bank.shape[1] != visual.output_dim:
             raise ValueError(f"text bank must be (K, {visual.output_dim}), got {tuple(text_bank.shape)}")
         if not 1 <= num_fg <= text_bank.shape[0]:
             raise ValueError(f"num_fg={num_fg} must be in [1, K={text_bank.shape[0]}]")
+        if frozen_autocast not in FROZEN_AUTOCAST:
+            raise ValueError(f"model.clip.autocast={frozen_autocast!r}: expected one of {FROZEN_AUTOCAST}")
+        self.frozen_autocast = frozen_autocast
         self.visual = visual
         self.decoder = decoder
         self.register_buffer("text_bank", text_bank.detach().clone(), persistent=False)
@@ -127,7 +135,12 @@ class ExCEL(nn.Module):
     @torch.no_grad()
     def encode(self, images: Tensor) -> EncodeOutput:
         """images (B, 3, H, H) normalised -> EncodeOutput (LAM, attention stack, decoder features)."""
-        vis = self.visual(images)
+        if self.frozen_autocast == "bf16" and images.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                vis = self.visual(images)
+            vis = _float32(vis)
+        else:
+            vis = self.visual(images)
         lam, dense = self._lam(vis.tokens)
         return EncodeOutput(lam=lam, attn=vis.attn, features=vis.features, dense=dense, visual=vis)
 
@@ -161,6 +174,14 @@ class ExCEL(nn.Module):
         new_tokens = vis.new_tokens.clone()
         new_tokens[:, 1:] += self.visual.lvc_scale * (bias @ vis.lvc_basis)
         return self._lam(vis.project(new_tokens))[0]
+
+
+def _float32(vis: VisualOutput) -> VisualOutput:
+    """The VisualOutput of an autocast pass with its tensors cast to float32 (LAM and pseudo labels in fp32)."""
+    def f(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.float()
+    return dataclasses.replace(vis, tokens=f(vis.tokens), attn=f(vis.attn), features=f(vis.features),
+                               new_tokens=f(vis.new_tokens), svc_values=f(vis.svc_values))
 
 
 def build_text_bank_from_config(cfg: Any, clip_model: nn.Module, tokenizer: Any) -> Tensor:
@@ -217,4 +238,5 @@ def build_model(cfg: Any, clip_model: nn.Module | None = None, mode: str = "trai
     return ExCEL(visual, decoder, text_bank, num_fg=len(cfg.data.prompt_names),
                  temperature=float(cfg.cam.temperature),
                  normalize_over="channels" if cfg.quirks.channel_normalize else "tokens",
-                 per_sample_mean=bool(cfg.quirks.per_sample_batch_mean), meta=meta)
+                 per_sample_mean=bool(cfg.quirks.per_sample_batch_mean), meta=meta,
+                 frozen_autocast=str(cfg.model.clip.autocast))

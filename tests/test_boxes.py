@@ -7,22 +7,11 @@ import pytest
 import torch
 
 from excel.cam.boxes import box_masks, connected_components, quantize_maps
+from _reference import box_mask_reference
 
 G = 20
 
 
-def box_mask_reference(cam: np.ndarray, threshold: float) -> np.ndarray:
-    """One g x g float32 map -> its box mask, as the reference describes it (cv2 contours + boundingRect)."""
-    g = cam.shape[0]
-    u = (cam.astype(np.float32) * 255).astype(np.uint8)
-    theta = int(threshold * u.max())
-    fg = (u > theta).astype(np.uint8)
-    out = np.zeros((g, g), np.float32)
-    contours, _ = cv2.findContours(fg, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
-    for contour in contours:
-        x, y, w, h = cv2.boundingRect(contour)
-        out[y : min(y + h, g - 1), x : min(x + w, g - 1)] = 1
-    return out
 
 
 def one_map(cam: np.ndarray, threshold: float = 0.79) -> np.ndarray:

@@ -11,6 +11,7 @@ import torch
 from excel.cam.par import PAR
 from excel.cam.pseudo import make_pseudo_labels, present_classes
 from excel.cam.refine import normalize_and_upsample, refine_maps
+from _reference import box_mask_reference
 
 G, C_FG = 20, 20
 P = G * G
@@ -20,17 +21,6 @@ UNIT = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
 # ----------------------------------------------------------------------------------------------------------------
 # Simple per-image reference: loops, numpy float64, cv2 for contours and resizing.
 # ----------------------------------------------------------------------------------------------------------------
-def box_mask_reference(cam: np.ndarray, threshold: float) -> np.ndarray:
-    g = cam.shape[0]
-    u = (cam.astype(np.float32) * 255).astype(np.uint8)
-    theta = int(threshold * u.max())
-    fg = (u > theta).astype(np.uint8)
-    out = np.zeros((g, g), np.float64)
-    contours, _ = cv2.findContours(fg, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
-    for contour in contours:
-        x, y, w, h = cv2.boundingRect(contour)
-        out[y : min(y + h, g - 1), x : min(x + w, g - 1)] = 1
-    return out
 
 
 def resize_align_corners(img: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import socket
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,14 +31,6 @@ NOTICE = ("NOTICE: real CLIP ViT-B/16 weights are not available here, so the dem
           "        --weights /path/to/ViT-B-16.pt (OpenAI's file) or run where open_clip can download 'openai'.")
 
 
-def _online(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def find_weights(weights: str | None, cache_dir: str | None) -> str | None:
     """The ``model.clip.pretrained`` value to use for real ViT-B/16 weights, or None when none can be had."""
     from excel.backbone import load_clip
@@ -49,21 +40,12 @@ def find_weights(weights: str | None, cache_dir: str | None) -> str | None:
             raise ExcelError(f"--weights {weights}: no such file (expected OpenAI's ViT-B-16.pt or an open_clip "
                              f"checkpoint)")
         return weights
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or not _online()
-    previous = os.environ.get("HF_HUB_OFFLINE")
-    if offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"  # cache only: no slow retries against an unreachable hub
-    try:
+    try:  # the open_clip cache, or a download when the hub is reachable (load_clip checks that quickly)
         load_clip("ViT-B-16", "openai", force_quick_gelu=True, cache_dir=cache_dir)
         return "openai"
     except (ExcelError, RuntimeError, OSError, ValueError) as err:
         log.info("no ViT-B/16 weights (%s)", str(err).splitlines()[0] if str(err) else type(err).__name__)
         return None
-    finally:
-        if previous is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = previous
 
 
 def demo_config(out: Path, pretrained: str | None, overrides: Sequence[str]) -> Any:
@@ -114,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(NOTICE, flush=True)
     else:
         print(f"Using real CLIP ViT-B/16 weights ({pretrained}).", flush=True)
+
+    for stale in ("pseudo_labels", "train", "segmentation", "predictions"):  # each demo run starts fresh
+        shutil.rmtree(out / stale, ignore_errors=True)
 
     _banner("1/5  generating the mini dataset (VOC layout)")
     make_synthetic_voc(out / "data", num_train=args.num_train, num_val=args.num_val, num_test=2, seed=0)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import warnings
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import open_clip
 import torch
@@ -70,6 +72,31 @@ def _offline_hint(name: str, pretrained: str, cache_dir: str | None) -> str:
             f"for random initialisation")
 
 
+def hub_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether the weights hub answers a TCP connection (a quick check before open_clip's slow download retries)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _hub_cache_only(enabled: bool) -> Iterator[None]:
+    """Make huggingface_hub read its cache only (it fixes HF_HUB_OFFLINE at import, so set its constant)."""
+    if not enabled:
+        yield
+        return
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
 def load_clip(name: str, pretrained: str | None, force_quick_gelu: bool = True,
               cache_dir: str | None = None) -> nn.Module:
     """Build an open_clip CLIP model, frozen and in eval mode.
@@ -120,8 +147,10 @@ def load_clip(name: str, pretrained: str | None, force_quick_gelu: bool = True,
         if pretrained not in tags:
             raise ValueError(f"model.clip.pretrained={pretrained!r} is neither a file nor a pretrained tag of "
                              f"{name} (tags: {tags or 'none'}); give a checkpoint path or null for random init")
+        unreachable = not hub_reachable()  # then only the cache is tried: no minute of download retries
         try:
-            model = create(pretrained)
+            with _hub_cache_only(unreachable):
+                model = create(pretrained)
         except RuntimeError as err:
             if "Failed to download" not in str(err):
                 raise

@@ -61,3 +61,13 @@ def test_feature_surgery_hand_computed_cls_in_minmax():
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
     assert out.max() < 1                                      # the CLS token took the maximum (quirk 6)
     assert out[0, 0, 0] == 0
+
+
+def test_lam_does_not_depend_on_the_batch():
+    """Each image's LAM is bit-identical whether it is computed alone or in a batch (infer.batch_size relies on it)."""
+    torch.manual_seed(3)
+    tokens = normalize_tokens(torch.randn(5, 401, 512))
+    text = torch.nn.functional.normalize(torch.randn(45, 512), dim=-1)
+    batched = feature_surgery_lam(tokens, text, num_fg=20)
+    alone = torch.cat([feature_surgery_lam(tokens[i:i + 1], text, num_fg=20) for i in range(5)])
+    assert torch.equal(batched, alone)

@@ -50,7 +50,8 @@ def feature_surgery_lam(tokens_normed: Tensor, text: Tensor, num_fg: int, temper
     sim = tokens_normed @ text.t()                                   # (B, N, K)
     prob = torch.softmax(temperature * sim[:, 0], dim=-1)            # (B, K)
     weight = prob / prob.mean(dim=-1, keepdim=True)                  # (B, K)
-    redundant = (sim @ weight.unsqueeze(-1)) / text.shape[0]         # (B, N, 1)
+    # a row-wise sum, not a (B, N, K) @ (B, K, 1) product: its result must not depend on the batch size
+    redundant = (sim * weight[:, None, :]).sum(dim=-1, keepdim=True) / text.shape[0]  # (B, N, 1)
     score = weight[:, None, :num_fg] * sim[..., :num_fg] - redundant  # (B, N, C_fg)
     low = score.amin(dim=1, keepdim=True)
     high = score.amax(dim=1, keepdim=True)

@@ -89,3 +89,19 @@ def test_two_ranks_give_the_single_process_scores(mini_voc, tmp_path):
     assert one["miou"] == pytest.approx(two["miou"], abs=1e-12) and one["num_images"] == two["num_images"] == 4
     for png in sorted((tmp_path / "one" / "pseudo_labels").glob("*.png")):
         assert np.array_equal(np.array(Image.open(png)), np.array(Image.open(tmp_path / "two" / "pseudo_labels" / png.name)))
+
+
+def test_batched_training_free_forward_gives_the_same_labels(mini_voc, tmp_path):
+    """infer.batch_size groups images into one CLIP forward; every image's LAM and labels stay the same."""
+    from excel.engine.infer_lam import run_infer_lam
+
+    def run(batch_size: int) -> tuple[dict, Path]:
+        out = tmp_path / f"b{batch_size}"
+        cfg = load_config(TINY, [f"data.root={mini_voc}", f"tse.cache_dir={tmp_path / 'banks'}",
+                                 f"infer.output_dir={out}", "infer.split=train", f"infer.batch_size={batch_size}"])
+        return run_infer_lam(cfg), out
+
+    (one, out1), (three, out3) = run(1), run(3)
+    assert one["num_images"] == three["num_images"] == 8 and one["miou"] == pytest.approx(three["miou"], abs=1e-12)
+    for png in sorted((out1 / "pseudo_labels").glob("*.png")):
+        assert np.array_equal(np.array(Image.open(png)), np.array(Image.open(out3 / "pseudo_labels" / png.name)))

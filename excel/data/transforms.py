@@ -139,6 +139,12 @@ def denormalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.n
     return image.transpose(1, 2, 0) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
 
 
+def to_uint8_rgb(image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """A normalised (3, H, W) image (tensor or array) back to (H, W, 3) uint8 RGB, rounded: the original pixels."""
+    array = image.detach().cpu().float().numpy() if hasattr(image, "detach") else np.asarray(image, np.float32)
+    return np.clip(np.rint(denormalize(array, tuple(mean), tuple(std))), 0, 255).astype(np.uint8)
+
+
 def train_transform(image: np.ndarray, label: np.ndarray, cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
     """Spec 8.4: rescale, flip, pad + crop, normalise.
 

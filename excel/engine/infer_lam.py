@@ -7,7 +7,6 @@ The split is sharded over ranks, the confusion matrices are all-reduced, labels 
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -20,27 +19,22 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from excel.errors import UsageError
 from excel.cam import PAR, make_pseudo_labels, pseudo_label_scores
 from excel.config import resolve_device
 from excel.data import build_dataset
 from excel.data.palette import overlay, voc_palette, with_legend
+from excel.data.transforms import to_uint8_rgb
 from excel.engine import dist
 from excel.engine.inference import load_trained_model
 from excel.engine.train import work_dir_of
 from excel.engine.validate import eval_loader, resize_square
+from excel.errors import UsageError
 from excel.evaluation import ConfusionMatrix, CRFPool
 from excel.model import ExCEL
 from excel.utils.io import atomic_path, atomic_save_png, atomic_write_json
 from excel.utils.logging import setup_logging
 
 log = logging.getLogger(__name__)
-
-
-def to_uint8_image(image: torch.Tensor, mean: list[float], std: list[float]) -> np.ndarray:
-    """(3,H,W) normalised tensor -> (H,W,3) uint8 RGB (rounded)."""
-    pixels = image.float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
-    return pixels.round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
 
 
 @torch.no_grad()
@@ -86,6 +80,85 @@ def _cam_overlays(folder: Path, name: str, image: np.ndarray, lam: torch.Tensor,
             Image.fromarray(blend).save(tmp, format="JPEG", quality=90)
 
 
+class _LamRun:
+    """State of one infer_lam run on this rank: outputs, confusion matrices, the CRF pool."""
+
+    def __init__(self, cfg: DictConfig, out_dir: Path, model: ExCEL, device: torch.device) -> None:
+        self.cfg, self.model, self.device = cfg, model, device
+        self.with_checkpoint = cfg.infer.checkpoint is not None
+        self.par = PAR(dilations=list(cfg.cam.par.dilations), num_iter=cfg.cam.par.num_iter).to(device)
+        self.class_names = list(cfg.data.class_names)
+        self.names_bg = ["background", *self.class_names]
+        self.mean, self.std = list(cfg.data.augment.mean), list(cfg.data.augment.std)
+        self.palette = voc_palette()
+        self.label_dir, self.crf_dir = out_dir / "pseudo_labels", out_dir / "pseudo_labels_crf"
+        self.overlay_dir = out_dir / "overlays"
+        self.cm = ConfusionMatrix(len(self.names_bg), device=device)
+        self.crf_cm = ConfusionMatrix(len(self.names_bg), device="cpu")
+        self.pool = CRFPool(num_workers=int(cfg.infer.crf_workers), labels_only=True,
+                            **dict(cfg.infer.crf_params)) if cfg.infer.crf else None
+        self.skipped = 0
+        self.kwargs = dict(box_threshold=cfg.infer.box_threshold, par=self.par,
+                           affinity_layers=tuple(cfg.cam.affinity_layers), sinkhorn_iters=cfg.cam.sinkhorn_iters,
+                           bg_power=cfg.cam.bg_power)
+
+    def score_existing(self, item: dict[str, Any]) -> bool:
+        """Score the files of an image done by an earlier run; False when it still has to be computed."""
+        name = item["name"][0]
+        png, crf_png = self.label_dir / f"{name}.png", self.crf_dir / f"{name}.png"
+        if not png.exists() or (self.pool is not None and not crf_png.exists()):
+            return False
+        label = item["label"].to(self.device)
+        self.cm.update(torch.from_numpy(_read_png(png)).to(self.device).long()[None], label)
+        if self.pool is not None:
+            self.crf_cm.update(torch.from_numpy(_read_png(crf_png)).long()[None], label.cpu())
+        self.skipped += 1
+        return True
+
+    def process(self, items: list[dict[str, Any]]) -> None:
+        """Pseudo labels of a group of images: one forward for the group (resized to squares), then each image."""
+        x = torch.cat([resize_square(it["image"].to(self.device), self.cfg.model.input_size) for it in items])
+        lam, attn, q = lam_inputs(self.model, x, with_checkpoint=self.with_checkpoint)
+        for i, item in enumerate(items):
+            self._finish(item, x[i:i + 1], lam[i:i + 1], attn[:, i:i + 1], None if q is None else q[i:i + 1])
+        self.drain(wait=False)
+
+    def _finish(self, item: dict[str, Any], x: torch.Tensor, lam: torch.Tensor, attn: torch.Tensor,
+                q: torch.Tensor | None) -> None:
+        name, image = item["name"][0], item["image"]
+        label = item["label"].to(self.device)
+        cls_label = item["cls_label"].to(self.device)
+        if self.pool is not None:
+            scores, lut = pseudo_label_scores(lam, attn, cls_label, x, label.shape[-2:], attn_pred=q, **self.kwargs)
+            pred = lut.gather(1, scores.argmax(1).view(1, -1)).view_as(label)
+            valid = torch.isfinite(scores[0, :, 0, 0])
+            self.pool.submit(to_uint8_rgb(image[0], self.mean, self.std), scores[0, valid].cpu().numpy(),
+                             (name, lut[0, valid].cpu().numpy(), label.cpu()))
+        else:
+            pred = make_pseudo_labels(lam, attn, cls_label, x, label.shape[-2:], attn_pred=q, **self.kwargs)
+        self.cm.update(pred, label)
+        pred_np = pred[0].to(torch.uint8).cpu().numpy()
+        atomic_save_png(pred_np, self.label_dir / f"{name}.png", palette=self.palette)
+        if self.cfg.infer.save_overlays:
+            rgb = to_uint8_rgb(image[0], self.mean, self.std)
+            atomic_save_png(with_legend(overlay(rgb, pred_np), pred_np, self.names_bg),
+                            self.overlay_dir / f"{name}.png")
+            _cam_overlays(self.overlay_dir / "cams", name, rgb, lam[0], cls_label[0], self.class_names)
+
+    def drain(self, wait: bool) -> None:
+        """Save and score the CRF results that are ready (all of them when ``wait``)."""
+        if self.pool is None:
+            return
+        for (name, lut, gt), labels in (self.pool.results() if wait else self.pool.ready()):
+            pred = lut[labels.astype(np.int64)].astype(np.uint8)
+            atomic_save_png(pred, self.crf_dir / f"{name}.png", palette=self.palette)
+            self.crf_cm.update(torch.from_numpy(pred).long()[None], gt)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
 def run_infer_lam(cfg: DictConfig) -> dict[str, Any]:
     """Write pseudo labels for ``infer.split`` and score them; returns the mIoU figures (rank 0 has them all)."""
     rank, world, local_rank = dist.init_distributed()
@@ -95,98 +168,54 @@ def run_infer_lam(cfg: DictConfig) -> dict[str, Any]:
     split = str(cfg.infer.split)
     if split == "test":
         raise UsageError("infer.split=test has no image-level labels: pseudo labels need them (use train or val)")
+    if int(cfg.infer.batch_size) < 1:
+        raise UsageError(f"infer.batch_size={cfg.infer.batch_size}: expected a positive number of images")
     out_dir = Path(cfg.infer.output_dir) if cfg.infer.output_dir else work_dir_of(cfg) / f"infer_lam_{split}"
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
     setup_logging(out_dir / "infer_lam.log", rank)
     checkpoint = cfg.infer.checkpoint
-    log.info("infer_lam on split %s (%s mode), output %s", split,
-             "checkpoint" if checkpoint else "training-free", out_dir)
+    # checkpoint mode forwards each image with its mirror (the pair is the batch, quirk 9): one image at a time
+    group = 1 if checkpoint else int(cfg.infer.batch_size)
+    log.info("infer_lam on split %s (%s mode, %d image(s) per forward), output %s", split,
+             "checkpoint" if checkpoint else "training-free", group, out_dir)
     model = load_trained_model(cfg, checkpoint, device, mode=split)
-    par = PAR(dilations=list(cfg.cam.par.dilations), num_iter=cfg.cam.par.num_iter).to(device)
     dataset = build_dataset(cfg, split, stage="val")
-    class_names = list(cfg.data.class_names)
-    names_bg = ["background", *class_names]
-    mean, std = list(cfg.data.augment.mean), list(cfg.data.augment.std)
-    palette = voc_palette()
-    label_dir, crf_dir = out_dir / "pseudo_labels", out_dir / "pseudo_labels_crf"
-    overlay_dir = out_dir / "overlays"
-    cm = ConfusionMatrix(len(names_bg), device=device)
-    crf_cm = ConfusionMatrix(len(names_bg), device="cpu")
-    use_crf = bool(cfg.infer.crf)
-    pool = CRFPool(num_workers=int(cfg.infer.crf_workers), labels_only=True, **dict(cfg.infer.crf_params)) \
-        if use_crf else None
-    done_skipped = 0
+    run = _LamRun(cfg, out_dir, model, device)
     t_start = time.perf_counter()
-    loader = eval_loader(dataset, cfg, cfg.eval.max_images)
+    pending: list[dict[str, Any]] = []
     try:
-        for batch in tqdm(loader, desc=f"infer_lam {split}", disable=rank != 0, dynamic_ncols=True):
-            name = batch["name"][0]
-            label = batch["label"].to(device)
-            png, crf_png = label_dir / f"{name}.png", crf_dir / f"{name}.png"
-            if png.exists() and (not use_crf or crf_png.exists()):
-                cm.update(torch.from_numpy(_read_png(png)).to(device).long()[None], label)
-                if use_crf:
-                    crf_cm.update(torch.from_numpy(_read_png(crf_png)).long()[None], label.cpu())
-                done_skipped += 1
+        for item in tqdm(eval_loader(dataset, cfg, cfg.eval.max_images), desc=f"infer_lam {split}",
+                         disable=rank != 0, dynamic_ncols=True):
+            if run.score_existing(item):
                 continue
-            image = batch["image"].to(device)
-            cls_label = batch["cls_label"].to(device)
-            x = resize_square(image, cfg.model.input_size)
-            lam, attn, q = lam_inputs(model, x, with_checkpoint=checkpoint is not None)
-            kwargs = dict(attn_pred=q, box_threshold=cfg.infer.box_threshold, par=par,
-                          affinity_layers=tuple(cfg.cam.affinity_layers), sinkhorn_iters=cfg.cam.sinkhorn_iters,
-                          bg_power=cfg.cam.bg_power)
-            if use_crf:
-                scores, lut = pseudo_label_scores(lam, attn, cls_label, x, label.shape[-2:], **kwargs)
-                pred = lut.gather(1, scores.argmax(1).view(1, -1)).view_as(label)
-                valid = torch.isfinite(scores[0, :, 0, 0])
-                pool.submit(to_uint8_image(image[0], mean, std), scores[0, valid].cpu().numpy(),
-                            (name, lut[0, valid].cpu().numpy(), label.cpu()))
-            else:
-                pred = make_pseudo_labels(lam, attn, cls_label, x, label.shape[-2:], **kwargs)
-            cm.update(pred, label)
-            pred_np = pred[0].to(torch.uint8).cpu().numpy()
-            atomic_save_png(pred_np, png, palette=palette)
-            if cfg.infer.save_overlays:
-                rgb = to_uint8_image(image[0], mean, std)
-                atomic_save_png(with_legend(overlay(rgb, pred_np), pred_np, names_bg), overlay_dir / f"{name}.png")
-                _cam_overlays(overlay_dir / "cams", name, rgb, lam[0], cls_label[0], class_names)
-            if pool is not None:
-                for meta, result in pool.ready():
-                    _score_crf(meta, result, crf_dir, crf_cm, palette)
-        if pool is not None:
-            for meta, result in pool.results():
-                _score_crf(meta, result, crf_dir, crf_cm, palette)
+            pending.append(item)
+            if len(pending) == group:
+                run.process(pending)
+                pending = []
+        if pending:
+            run.process(pending)
+        run.drain(wait=True)
     finally:
-        if pool is not None:
-            pool.close()
-    cm.all_reduce()
-    crf_cm.all_reduce()
+        run.close()
+    run.cm.all_reduce()
+    run.crf_cm.all_reduce()
     elapsed = time.perf_counter() - t_start
-    result = cm.compute()
+    result = run.cm.compute()
     summary: dict[str, Any] = {"split": split, "mode": "checkpoint" if checkpoint else "training-free",
                                "miou": float(result["miou"]), "miou_plain": float(result["miou_plain"]),
                                "num_images": min(len(dataset), cfg.eval.max_images or len(dataset)),
-                               "skipped_existing": done_skipped, "seconds": elapsed}
+                               "skipped_existing": run.skipped, "seconds": elapsed}
     if rank == 0:
-        log.info("pseudo labels (%s) on %s:\n%s", summary["mode"], split, cm.table(names_bg))
-        if use_crf:
-            crf_result = crf_cm.compute()
+        log.info("pseudo labels (%s) on %s:\n%s", summary["mode"], split, run.cm.table(run.names_bg))
+        if cfg.infer.crf:
+            crf_result = run.crf_cm.compute()
             summary["crf_miou"] = float(crf_result["miou"])
             summary["crf_miou_plain"] = float(crf_result["miou_plain"])
-            log.info("pseudo labels + CRF on %s:\n%s", split, crf_cm.table(names_bg))
+            log.info("pseudo labels + CRF on %s:\n%s", split, run.crf_cm.table(run.names_bg))
         atomic_write_json(out_dir / "results.json", summary)
-        log.info("labels in %s (%d written, %d already there), %.1f s", label_dir,
-                 summary["num_images"] - done_skipped, done_skipped, elapsed)
+        log.info("labels in %s (%d written, %d already there), %.1f s", run.label_dir,
+                 summary["num_images"] - run.skipped, run.skipped, elapsed)
     dist.barrier()
     return summary
-
-
-def _score_crf(meta: tuple, labels: np.ndarray, crf_dir: Path, crf_cm: ConfusionMatrix, palette: list[int]) -> None:
-    """Map CRF argmax indices back to class labels, save, and score them."""
-    name, lut, gt = meta
-    pred = lut[labels.astype(np.int64)].astype(np.uint8)
-    atomic_save_png(pred, crf_dir / f"{name}.png", palette=palette)
-    crf_cm.update(torch.from_numpy(pred).long()[None], gt)

@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from excel.errors import UsageError
 from excel.config import save_config
-from excel.data import build_dataset, denormalize, voc_palette
+from excel.data import build_dataset, voc_palette
+from excel.data.transforms import to_uint8_rgb
 from excel.engine import dist
 from excel.engine.inference import load_trained_model, logit_size, multiscale_logits, upsample_logits
 from excel.engine.predict import save_overlay
@@ -56,12 +57,6 @@ def output_dir_of(cfg: DictConfig, tool: str) -> Path:
 def test_png_path(output_dir: str | Path, name: str) -> Path:
     """Where the test-set prediction of ``name`` goes (VOC submission layout, spec 9.5)."""
     return Path(output_dir) / TEST_LAYOUT / f"{name}.png"
-
-
-def to_uint8_rgb(image: torch.Tensor, mean: Any, std: Any) -> np.ndarray:
-    """A normalised (3, H, W) image back to (H, W, 3) uint8 RGB (rounded: the original pixels)."""
-    pixels = denormalize(image.detach().cpu().float().numpy(), tuple(mean), tuple(std))
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 def _scores(cm: ConfusionMatrix, names: list[str]) -> dict[str, Any]:

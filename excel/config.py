@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
@@ -33,12 +34,8 @@ def _read_yaml(path: Path) -> DictConfig:
         raise ConfigError(f"config file not found: {path}")
     try:
         cfg = OmegaConf.load(path)
-    except (OmegaConfBaseException, OSError, ValueError) as err:  # yaml errors subclass ValueError-like types
+    except (OmegaConfBaseException, OSError, ValueError, yaml.YAMLError) as err:
         raise ConfigError(f"cannot parse config file {path}: {err}") from err
-    except Exception as err:  # yaml.YAMLError does not derive from a builtin we can name without importing yaml
-        if type(err).__module__.startswith("yaml"):
-            raise ConfigError(f"cannot parse config file {path}: {err}") from err
-        raise
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return cfg

@@ -97,3 +97,10 @@ def test_cli_accepts_overrides_before_and_after_config(tmp_path):
     cfg = parse_config(["infer.split=train", "--config", str(CONFIGS / "ablations" / "no_tse.yaml"),
                         "train.max_iters=9"], "test", "voc.yaml")
     assert cfg.infer.split == "train" and cfg.tse.enabled is False and cfg.train.max_iters == 9
+
+
+def test_malformed_yaml_is_named(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("train:\n  max_iters: [1, 2\n")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        load_config(bad)

@@ -218,15 +218,16 @@ class Trainer:
         else:
             aff_loss = logits.new_zeros(())
         loss = cfg.loss.seg_weight * seg_loss + cfg.loss.aff_weight * aff_loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at iteration {n} "
-                                     f"(seg {seg_loss.item()}, affinity {aff_loss.item()})")
+        values = torch.stack([loss.detach(), seg_loss.detach(), aff_loss.detach()]).tolist()  # one host sync
+        if not all(math.isfinite(v) for v in values):
+            raise FloatingPointError(f"non-finite loss {values[0]} at iteration {n} "
+                                     f"(seg {values[1]}, affinity {values[2]})")
         lr = self.optimizer.set_lr(n)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return StepResult(loss.item(), seg_loss.item(), aff_loss.item(), lr, use_lvc)
+        return StepResult(values[0], values[1], values[2], lr, use_lvc)
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> dict[str, float]:

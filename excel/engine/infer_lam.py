@@ -20,7 +20,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from excel.cam import PAR, make_pseudo_labels, pseudo_label_scores
-from excel.config import resolve_device
 from excel.data import build_dataset
 from excel.data.palette import overlay, voc_palette, with_legend
 from excel.data.transforms import to_uint8_rgb
@@ -161,10 +160,8 @@ class _LamRun:
 
 def run_infer_lam(cfg: DictConfig) -> dict[str, Any]:
     """Write pseudo labels for ``infer.split`` and score them; returns the mIoU figures (rank 0 has them all)."""
-    rank, world, local_rank = dist.init_distributed()
-    device = resolve_device(cfg.run.device)
-    if device.type == "cuda" and dist.is_distributed():
-        device = torch.device("cuda", local_rank)
+    rank, _, _ = dist.init_distributed()
+    device = dist.local_device(cfg.run.device)
     split = str(cfg.infer.split)
     if split == "test":
         raise UsageError("infer.split=test has no image-level labels: pseudo labels need them (use train or val)")

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from excel.cam import PAR, make_pseudo_labels
-from excel.config import resolve_device, save_config
+from excel.config import save_config
 from excel.data import build_dataset
 from excel.engine import dist
 from excel.engine.checkpoint import (CheckpointError, check_compatible, latest_checkpoint, load_checkpoint,
@@ -94,10 +94,9 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
-        self.rank, self.world_size, local_rank = dist.init_distributed()
-        device = resolve_device(cfg.run.device)
-        if device.type == "cuda" and dist.is_distributed():
-            device = torch.device("cuda", local_rank)
+        self.rank, self.world_size, _ = dist.init_distributed()
+        device = dist.local_device(cfg.run.device)
+        if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
         self.device = device
         self.work_dir = work_dir_of(cfg)

@@ -10,22 +10,18 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from excel.cam import PAR, make_pseudo_labels
+from excel.data.loader import ShardSampler
 from excel.engine import dist
 from excel.evaluation import ConfusionMatrix
 
 
-def shard(dataset: Dataset, max_items: int | None = None) -> Subset:
-    """This rank's share of ``dataset`` (indices rank, rank + world, ...), each item on exactly one rank."""
-    n = len(dataset)  # type: ignore[arg-type]
-    if max_items is not None:
-        n = min(n, int(max_items))
-    return Subset(dataset, list(range(dist.get_rank(), n, dist.get_world_size())))
-
-
 def eval_loader(dataset: Dataset, cfg: DictConfig, max_items: int | None = None) -> DataLoader:
-    """Batch-1 loader over this rank's shard (images keep their own sizes)."""
-    return DataLoader(shard(dataset, max_items), batch_size=1, shuffle=False, num_workers=cfg.data.num_workers,
-                      collate_fn=_collate_one)
+    """Batch-1 loader over this rank's share of the first ``max_items`` items (each item on exactly one rank;
+    images keep their own sizes)."""
+    if max_items is not None and max_items < len(dataset):  # type: ignore[arg-type]
+        dataset = Subset(dataset, range(int(max_items)))
+    return DataLoader(dataset, batch_size=1, sampler=ShardSampler(dataset, dist.get_rank(), dist.get_world_size()),
+                      num_workers=cfg.data.num_workers, collate_fn=_collate_one)
 
 
 def _collate_one(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -77,8 +77,8 @@ def test_checkpoint_mode_lam_is_flip_merged_and_renormalised(seg_checkpoint):
 @pytest.mark.slow
 def test_two_ranks_give_the_single_process_scores(mini_voc, tmp_path):
     def run(nproc: int, out: Path) -> dict:
-        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                    "--master_port=29563"] if nproc > 1 else [sys.executable]
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
         cmd = launcher + [str(REPO / "tools" / "infer_lam.py"), "--config", TINY, f"data.root={mini_voc}",
                           f"tse.cache_dir={tmp_path / 'banks'}", f"infer.output_dir={out}", "infer.split=val"]
         proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from excel.data import make_synthetic_coco, make_synthetic_voc
-from excel.data.synthetic import class_colour, class_colours, ignore_band
+from excel.data.synthetic import ignore_band
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,23 +70,6 @@ def test_ignore_band_separates_regions(mini_voc):
     expected[:, 0] = 0
     expected[2, 3] = 7
     np.testing.assert_array_equal(ignore_band(hand), expected)
-
-
-def test_colour_follows_class(mini_voc):
-    palette = class_colours(20).astype(float)
-    diffs = np.abs(palette[:, None] - palette[None]).max(-1)
-    assert diffs[~np.eye(20, dtype=bool)].min() >= 100
-    errors = []
-    for name in read_lines(mini_voc / "lists" / "trainval.txt"):
-        image = np.asarray(Image.open(mini_voc / "JPEGImages" / f"{name}.jpg").convert("RGB")).astype(float)
-        mask = np.asarray(Image.open(mini_voc / "SegmentationClassAug" / f"{name}.png"))
-        for v in set(np.unique(mask).tolist()) - {0, 255}:
-            if (mask == v).sum() >= 20:
-                mean = image[mask == v].mean(0)
-                errors.append(np.abs(mean - palette[v - 1]).max())
-                assert np.abs(palette - mean).max(1).argmin() == v - 1  # the nearest class colour is the class's
-    assert len(errors) >= 12 and max(errors) < 30
-    assert class_colour(3, 80) != class_colour(4, 80) and len({tuple(c) for c in class_colours(80)}) == 80
 
 
 def test_deterministic_from_seed_and_size_range(tmp_path):

@@ -1,0 +1,438 @@
+"""The generated world: 20 object classes with a visual signature each, rendered on textured scenes.
+
+Every class is written once as data (:data:`VOC_SIGNATURES`): a colour, a shape family, a surface pattern, a
+typical size and a typical surrounding. No two classes share both colour and shape, so the classes are separable
+at a glance, while shared attributes (two classes per colour, shapes and patterns reused) give the knowledge base
+real attributes to add. The VOC background names are textures of this world (sky, grass, water, road, wall, ...),
+so background prompts mean something. Scenes hold 1-3 objects (overlaps allowed) on a two-part background with
+distractor blobs in colours no class uses. Everything is a function of the random generator passed in.
+
+The same world gives captions for the organism CLIP's pretraining (:meth:`World.caption`) and the organism's
+knowledge base (:meth:`World.knowledge_base`), so the words the model learns are the words the pipeline uses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35), "orange": (245, 135, 25), "yellow": (245, 215, 35), "green": (50, 185, 60),
+    "cyan": (40, 205, 215), "blue": (35, 65, 210), "purple": (135, 50, 190), "pink": (240, 110, 190),
+    "white": (245, 245, 240), "black": (30, 30, 30),
+}
+SHAPES = ("disc", "box", "triangle", "star", "cross", "ring", "diamond", "hexagon", "crescent", "bar", "corner",
+          "heart", "arrow")
+PATTERNS = ("plain", "stripes", "spots", "checks")
+SIZES: dict[str, tuple[float, float]] = {"small": (0.16, 0.26), "medium": (0.26, 0.40), "large": (0.40, 0.56)}
+
+# Words for each attribute: (adjective, noun phrase)
+SHAPE_WORDS: dict[str, tuple[str, str]] = {
+    "disc": ("round", "a disc"), "box": ("rectangular", "a wide box"), "triangle": ("triangular", "a triangle"),
+    "star": ("star-shaped", "a five-pointed star"), "cross": ("cross-shaped", "a plus sign"),
+    "ring": ("ring-shaped", "a ring with a hole in the middle"), "diamond": ("diamond-shaped", "a diamond"),
+    "hexagon": ("hexagonal", "a hexagon"), "crescent": ("crescent-shaped", "a crescent moon"),
+    "bar": ("tall and thin", "an upright bar"), "corner": ("l-shaped", "the letter l"),
+    "heart": ("heart-shaped", "a heart"), "arrow": ("arrow-shaped", "an arrow"),
+}
+PATTERN_WORDS: dict[str, str] = {"plain": "a plain surface without marks", "stripes": "dark diagonal stripes",
+                                 "spots": "dark round spots", "checks": "a checkered pattern of squares"}
+
+# Background stuff: kind -> the VOC background names that describe it (spec 2.2).
+STUFF_WORDS: dict[str, tuple[str, ...]] = {
+    "sky": ("sky",), "cloud": ("cloud",), "grass": ("grass",), "water": ("water", "lake", "river", "sea", "ocean"),
+    "road": ("road", "street"), "ground": ("ground", "land"), "wall": ("wall",), "building": ("building", "house"),
+    "tree": ("tree",), "mountain": ("mountain", "rock", "valley"), "railway": ("railway", "railroad"),
+    "bridge": ("bridge",), "keyboard": ("keyboard",), "sign": ("sign",), "helmet": ("helmet",),
+}
+HABITAT_PHRASES: dict[str, str] = {"sky": "up in the sky", "water": "on the water", "road": "on a road",
+                                   "grass": "on green grass", "wall": "in front of a wall",
+                                   "railway": "on a railway", "ground": "on bare ground"}
+TOPS = ("sky", "mountain", "building", "tree")
+BOTTOMS = ("grass", "water", "road", "ground", "railway")
+DISTRACTOR_COLOURS = ((120, 120, 50), (190, 170, 130), (95, 105, 125), (110, 45, 45), (130, 130, 130),
+                      (160, 140, 90))
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The look of one class: colour, shape, pattern, size and habitat are keys of the tables above."""
+    name: str
+    colour: str
+    shape: str
+    pattern: str
+    size: str
+    habitat: str
+
+
+VOC_SIGNATURES: tuple[Signature, ...] = tuple(Signature(*row) for row in (
+    ("aeroplane", "white", "cross", "plain", "large", "sky"),
+    ("bicycle", "black", "ring", "plain", "medium", "road"),
+    ("bird", "yellow", "triangle", "plain", "small", "sky"),
+    ("boat", "orange", "crescent", "plain", "medium", "water"),
+    ("bottle", "green", "bar", "plain", "small", "wall"),
+    ("bus", "yellow", "box", "stripes", "large", "road"),
+    ("car", "red", "box", "plain", "medium", "road"),
+    ("cat", "orange", "disc", "stripes", "medium", "wall"),
+    ("chair", "purple", "corner", "checks", "medium", "wall"),
+    ("cow", "white", "disc", "spots", "large", "grass"),
+    ("diningtable", "pink", "hexagon", "checks", "large", "wall"),
+    ("dog", "red", "heart", "spots", "medium", "grass"),
+    ("horse", "purple", "triangle", "stripes", "large", "grass"),
+    ("motorbike", "black", "diamond", "stripes", "medium", "road"),
+    ("person", "blue", "bar", "plain", "medium", "road"),
+    ("pottedplant", "green", "star", "spots", "small", "wall"),
+    ("sheep", "cyan", "disc", "checks", "medium", "grass"),
+    ("sofa", "pink", "box", "plain", "large", "wall"),
+    ("train", "blue", "arrow", "stripes", "large", "railway"),
+    ("tvmonitor", "cyan", "diamond", "plain", "medium", "wall"),
+))
+VOC_PROMPT_NAMES = ("aeroplane", "bicycle", "bird avian", "boat", "bottle", "bus", "car", "cat", "chair seat", "cow",
+                    "diningtable", "dog", "horse", "motorbike", "person with clothes,people,human", "pottedplant",
+                    "sheep", "sofa", "train", "tvmonitor screen")
+
+
+COCO_ALIASES = {"airplane": "aeroplane", "motorcycle": "motorbike", "couch": "sofa", "potted plant": "pottedplant",
+                "dining table": "diningtable", "tv": "tvmonitor"}
+
+
+def signatures_for(class_names: Sequence[str]) -> tuple[Signature, ...]:
+    """Signatures for any class list: VOC classes (and their COCO spellings) keep theirs, others get unused
+    (colour, shape, pattern) triples in a fixed order, so a COCO-sized world (80 classes) is still fully distinct."""
+    known = {s.name: s for s in VOC_SIGNATURES}
+    known.update({alias: known[voc] for alias, voc in COCO_ALIASES.items()})
+    used = {(known[n].colour, known[n].shape, known[n].pattern) for n in class_names if n in known}
+    free = [(c, sh, p) for p in PATTERNS for sh in SHAPES for c in COLOURS if (c, sh, p) not in used]
+    sizes, habitats = tuple(SIZES), tuple(HABITAT_PHRASES)
+    out, k = [], 0
+    for i, name in enumerate(class_names):
+        if name in known:
+            out.append(Signature(name, *[getattr(known[name], f) for f in
+                                         ("colour", "shape", "pattern", "size", "habitat")]))
+            continue
+        if k >= len(free):
+            raise ValueError(f"the world has {len(free)} spare looks; {len(class_names)} classes is too many")
+        c, sh, p = free[(k * 37) % len(free)] if len(free) > 37 else free[k]
+        free.remove((c, sh, p))
+        out.append(Signature(name, c, sh, p, sizes[i % 3], habitats[i % len(habitats)]))
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shapes: polygons on the unit box [-1, 1]^2 (x right, y down); cut-outs are drawn with 0.
+
+def _ngon(n: int, r: float = 1.0, phase: float = -np.pi / 2, cx: float = 0.0, cy: float = 0.0) -> np.ndarray:
+    a = phase + np.arange(n) * 2 * np.pi / n
+    return np.stack([cx + r * np.cos(a), cy + r * np.sin(a)], 1)
+
+
+def _shape_polygons(shape: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(filled polygons, cut-out polygons) of a shape family, each (P, 2) in [-1, 1]."""
+    if shape in ("disc", "ring", "crescent"):
+        fill = [_ngon(40)]
+        cut = {"disc": [], "ring": [_ngon(40, 0.5)], "crescent": [_ngon(40, 0.85, cx=0.45, cy=-0.15)]}[shape]
+        return fill, cut
+    if shape in ("box", "bar"):
+        return [np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float)], []
+    if shape == "triangle":
+        return [np.array([[0, -1], [1, 1], [-1, 1]], float)], []
+    if shape == "star":
+        outer, inner = _ngon(5), _ngon(5, 0.42, phase=-np.pi / 2 + np.pi / 5)
+        return [np.stack([outer, inner], 1).reshape(-1, 2)], []
+    if shape == "cross":
+        t = 0.34
+        return [np.array([[-t, -1], [t, -1], [t, -t], [1, -t], [1, t], [t, t], [t, 1], [-t, 1], [-t, t], [-1, t],
+                          [-1, -t], [-t, -t]], float)], []
+    if shape == "diamond":
+        return [np.array([[0, -1], [1, 0], [0, 1], [-1, 0]], float)], []
+    if shape == "hexagon":
+        return [_ngon(6, phase=0.0)], []
+    if shape == "corner":
+        return [np.array([[-1, -1], [-0.3, -1], [-0.3, 0.3], [1, 0.3], [1, 1], [-1, 1]], float)], []
+    if shape == "heart":
+        t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+        x, y = 16 * np.sin(t) ** 3, -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+        return [np.stack([x / 16.5, (y + 2.5) / 14.5], 1)], []
+    if shape == "arrow":
+        return [np.array([[-1, -0.3], [0.2, -0.3], [0.2, -1], [1, 0], [0.2, 1], [0.2, 0.3], [-1, 0.3]], float)], []
+    raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
+
+
+_ASPECT = {"box": (0.5, 0.75), "bar": (2.0, 2.8), "arrow": (0.55, 0.8)}  # height / width ranges
+
+
+def _shape_mask(rng: np.random.Generator, shape: str, side: float) -> np.ndarray:
+    """(bh, bw) bool mask of one randomly posed instance whose larger box side is about ``side`` px."""
+    lo, hi = _ASPECT.get(shape, (0.8, 1.25))
+    aspect = rng.uniform(lo, hi)
+    half_w, half_h = (side / 2, side / 2 * aspect) if aspect <= 1 else (side / 2 / aspect, side / 2)
+    angle = np.deg2rad(rng.uniform(-20, 20))
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    fill, cut = _shape_polygons(shape)
+    polys = [(p * [half_w, half_h]) @ rot.T for p in fill + cut]
+    allpts = np.concatenate(polys)
+    lo_xy = allpts.min(0)
+    bw, bh = (np.ceil(allpts.max(0) - lo_xy) + 1).astype(int)
+    canvas = Image.new("L", (max(bw, 1), max(bh, 1)), 0)
+    draw = ImageDraw.Draw(canvas)
+    for i, p in enumerate(polys):
+        draw.polygon([tuple(q) for q in (p - lo_xy)], fill=1 if i < len(fill) else 0)
+    return np.asarray(canvas, dtype=bool)
+
+
+def _shade(rgb: tuple[int, int, int]) -> np.ndarray:
+    """The pattern colour that goes with a body colour: black on white, light grey on black, else a dark shade."""
+    if rgb == COLOURS["white"]:
+        return np.array([30.0, 30.0, 30.0])
+    if rgb == COLOURS["black"]:
+        return np.array([170.0, 170.0, 170.0])
+    return np.asarray(rgb, float) * 0.42
+
+
+def _object_texture(rng: np.random.Generator, sig: Signature, bh: int, bw: int) -> np.ndarray:
+    """(bh, bw, 3) float32 body colour with the class pattern, a soft light gradient and noise."""
+    base = np.asarray(COLOURS[sig.colour], float) + rng.uniform(-14, 14, 3)
+    yy, xx = np.arange(bh, dtype=np.float32)[:, None], np.arange(bw, dtype=np.float32)[None, :]
+    light = 1.08 - 0.16 * (yy / max(bh, 1) + xx / max(bw, 1)) / 2
+    tex = base[None, None] * light[..., None]
+    dark = _shade(COLOURS[sig.colour])
+    scale = max(min(bh, bw), 8)
+    if sig.pattern == "stripes":
+        period = max(scale / 3.2, 6.0)
+        on = ((xx + yy * rng.choice([-1, 1])) % period) < period * 0.45
+        tex[on] = dark
+    elif sig.pattern == "checks":
+        cell = max(scale / 3.5, 4.0)
+        on = ((xx // cell + yy // cell) % 2) == 1
+        tex[on] = dark
+    elif sig.pattern == "spots":
+        for _ in range(int(rng.integers(4, 8))):
+            cy, cx, r = rng.uniform(0, bh), rng.uniform(0, bw), rng.uniform(0.09, 0.15) * scale + 1
+            tex[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = dark
+    return tex + _noise(rng, 5, (bh, bw, 1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Background stuff textures, each (h, w, 3) float32 on 0..255.
+
+def _noise(rng: np.random.Generator, std: float, shape: tuple) -> np.ndarray:
+    """Gaussian noise in float32 (fast)."""
+    return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int, amp: float) -> np.ndarray:
+    """Low-frequency noise: a coarse random grid upsampled bilinearly to (h, w, 1)."""
+    gh, gw = max(2, h * cells // max(h, w) + 2), max(2, w * cells // max(h, w) + 2)
+    grid = Image.fromarray(_noise(rng, 1, (gh, gw)).astype(np.float32), mode="F")
+    return amp * np.asarray(grid.resize((w, h), Image.BILINEAR))[..., None]
+
+
+def _stuff(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
+    yy, xx = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
+    jitter = rng.uniform(-12, 12, 3)
+    if kind == "sky":
+        top, bottom = np.array([95, 150, 225.0]), np.array([185, 210, 240.0])
+        t = (yy / max(h - 1, 1))[..., None]
+        return np.broadcast_to(top * (1 - t) + bottom * t + jitter * 0.5, (h, w, 3)).copy()
+    if kind == "grass":
+        base = np.array([85, 150, 55.0]) + jitter
+        streak = _noise(rng, 14, (1, w, 1)) + _noise(rng, 9, (h, w, 1))
+        return base + streak + _smooth_noise(rng, h, w, 6, 10)
+    if kind == "water":
+        base = np.array([40, 100, 170.0]) + jitter
+        waves = 16 * np.sin(yy / rng.uniform(3, 6) + 2 * np.sin(xx / rng.uniform(12, 25)))
+        return base + waves[..., None] * np.array([0.6, 0.8, 1.0])
+    if kind == "road":
+        tex = np.array([78, 78, 84.0]) + jitter * 0.3 + _noise(rng, 7, (h, w, 1))
+        y0 = int(h * rng.uniform(0.35, 0.65))
+        lane = (np.abs(yy - y0) < max(1.5, h * 0.03)) & ((xx // max(8, w // 10)) % 2 == 0)
+        tex[lane] = (235, 215, 90) if rng.uniform() < 0.5 else (235, 235, 235)
+        return tex
+    if kind == "ground":
+        return np.array([150, 115, 75.0]) + jitter + _smooth_noise(rng, h, w, 10, 16) + _noise(rng, 6, (h, w, 1))
+    if kind == "wall":
+        mortar, brick = np.array([200, 195, 185.0]), np.array([165, 95, 75.0]) + jitter
+        bh = rng.uniform(9, 16)
+        row = yy // bh
+        tex = np.broadcast_to(brick, (h, w, 3)).copy() + _noise(rng, 6, (h, w, 1))
+        seam = ((yy % bh) < 1.6) | (((xx + (row % 2) * bh * 1.25) % (bh * 2.5)) < 1.6)
+        tex[seam] = mortar
+        return tex
+    if kind == "building":
+        tex = np.array([140, 140, 150.0]) + jitter * 0.5 + _noise(rng, 5, (h, w, 1))
+        cell = rng.uniform(12, 20)
+        win = ((yy % cell) > cell * 0.35) & ((xx % cell) > cell * 0.4)
+        tex[win] = (60, 70, 90)
+        return tex
+    if kind == "tree":
+        return (np.array([40, 95, 40.0]) + jitter * 0.5 + _smooth_noise(rng, h, w, 14, 20)
+                + _noise(rng, 8, (h, w, 1)))
+    if kind == "mountain":
+        tex = _stuff(rng, "sky", h, w)
+        peaks = int(rng.integers(2, 4))
+        ridge = np.full(w, float(h))
+        for _ in range(peaks):
+            px, py, slope = rng.uniform(0, w), rng.uniform(0.05, 0.5) * h, rng.uniform(0.6, 1.4)
+            ridge = np.minimum(ridge, py + slope * np.abs(np.arange(w) - px))
+        rock = np.array([120, 115, 110.0]) + jitter * 0.5 + _smooth_noise(rng, h, w, 8, 14)
+        below = yy >= ridge[None, :]
+        tex[below] = rock[below]
+        return tex
+    if kind == "railway":
+        tex = _stuff(rng, "ground", h, w)
+        gap = max(6.0, h * 0.22)
+        y0 = rng.uniform(0.25, 0.45) * h
+        sleepers = (yy > y0 - 3) & (yy < y0 + gap + 3) & ((xx % max(6.0, w / 16)) < 3)
+        tex[sleepers] = (95, 70, 45)
+        for yr in (y0, y0 + gap):
+            tex[(np.abs(yy - yr) < 1.5) & (xx >= 0)] = (170, 170, 175)
+        return tex
+    raise ValueError(f"unknown stuff kind {kind!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Scene:
+    """One rendered scene: ``image`` (H, W, 3) uint8, ``mask`` (H, W) uint8 (0 background, c+1 class c, no
+    ignore band), the visible classes (ascending), the background stuff kinds and the props drawn."""
+    image: np.ndarray
+    mask: np.ndarray
+    classes: list[int]
+    stuff: list[str]
+    props: list[str] = field(default_factory=list)
+
+
+class World:
+    """A world of ``class_names`` (default: the 20 VOC classes) with the VOC prompt names for captions."""
+
+    def __init__(self, class_names: Sequence[str] | None = None, prompt_names: Sequence[str] | None = None):
+        self.signatures = signatures_for(class_names or [s.name for s in VOC_SIGNATURES])
+        self.class_names = [s.name for s in self.signatures]
+        if prompt_names is None:
+            voc = dict(zip((s.name for s in VOC_SIGNATURES), VOC_PROMPT_NAMES))
+            prompt_names = [voc.get(n, n) for n in self.class_names]
+        if len(prompt_names) != len(self.class_names):
+            raise ValueError(f"{len(prompt_names)} prompt names for {len(self.class_names)} classes")
+        self.prompt_names = list(prompt_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.signatures)
+
+    # -- rendering -------------------------------------------------------------------------------------------
+    def _layout(self, rng: np.random.Generator, classes: Sequence[int]) -> tuple[str, str | None]:
+        habitat = self.signatures[int(rng.choice(classes))].habitat if rng.uniform() < 0.5 else None
+        if habitat == "wall" or (habitat is None and rng.uniform() < 0.25):
+            return "wall", ("ground" if rng.uniform() < 0.5 else None)
+        if habitat == "sky":
+            return "sky", (str(rng.choice(BOTTOMS)) if rng.uniform() < 0.6 else None)
+        bottom = habitat if habitat in BOTTOMS else str(rng.choice(BOTTOMS))
+        return str(rng.choice(TOPS)), bottom
+
+    def render(self, rng: np.random.Generator, h: int, w: int, max_objects: int = 3,
+               classes: Sequence[int] | None = None) -> Scene:
+        """Draw a scene of size (h, w) with 1..``max_objects`` objects (or exactly ``classes``)."""
+        if classes is None:
+            n = int(rng.integers(1, max_objects + 1))
+            classes = [int(c) for c in rng.choice(self.num_classes, size=n, replace=n > self.num_classes)]
+        top, bottom = self._layout(rng, classes)
+        horizon = int(h * rng.uniform(0.35, 0.6)) if bottom else h
+        img = np.empty((h, w, 3), np.float32)
+        img[:horizon] = _stuff(rng, top, horizon, w)
+        stuff = [top]
+        if bottom:
+            img[horizon:] = _stuff(rng, bottom, h - horizon, w)
+            stuff.append(bottom)
+        props: list[str] = []
+        if top == "sky" and rng.uniform() < 0.5:
+            props.append("cloud")
+            for _ in range(int(rng.integers(1, 4))):
+                cy, cx = rng.uniform(0, horizon * 0.7), rng.uniform(0, w)
+                ry, rx = rng.uniform(0.04, 0.09) * h, rng.uniform(0.08, 0.2) * w
+                yy, xx = np.ogrid[0:h, 0:w]
+                blob = np.clip(1.3 - ((yy - cy) / ry) ** 2 - ((xx - cx) / rx) ** 2, 0, 1)[..., None]
+                img = img * (1 - blob) + 245.0 * blob
+        short = min(h, w)
+        for _ in range(int(rng.integers(0, 4))):           # distractor blobs in colours no class uses
+            m = _shape_mask(rng, str(rng.choice(["disc", "hexagon", "diamond", "box"])),
+                            rng.uniform(0.08, 0.2) * short)
+            y0, x0 = int(rng.integers(0, max(1, h - m.shape[0]))), int(rng.integers(0, max(1, w - m.shape[1])))
+            m = m[:h - y0, :w - x0]
+            col = np.asarray(DISTRACTOR_COLOURS[int(rng.integers(len(DISTRACTOR_COLOURS)))], float)
+            img[y0:y0 + m.shape[0], x0:x0 + m.shape[1]][m] = col + rng.normal(0, 5, (int(m.sum()), 3))
+        mask = np.zeros((h, w), np.uint8)
+        drawn: dict[int, int] = {}
+        for c in classes:
+            sig = self.signatures[c]
+            m = _shape_mask(rng, sig.shape, rng.uniform(*SIZES[sig.size]) * short)
+            bh, bw = min(m.shape[0], h), min(m.shape[1], w)
+            m = m[:bh, :bw]
+            y0, x0 = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+            tex = _object_texture(rng, sig, bh, bw)
+            img[y0:y0 + bh, x0:x0 + bw][m] = tex[m]
+            mask[y0:y0 + bh, x0:x0 + bw][m] = c + 1
+            drawn[c] = drawn.get(c, 0) + int(m.sum())
+        img += _noise(rng, 3, (h, w, 1))
+        counts = np.bincount(mask.ravel(), minlength=self.num_classes + 1)
+        visible = sorted(c for c, area in drawn.items() if counts[c + 1] >= max(0.25 * area, 1))
+        for c in set(drawn) - set(visible):                # mostly hidden objects are not labelled
+            mask[mask == c + 1] = 0
+        return Scene(np.clip(img, 0, 255).astype(np.uint8), mask, visible, stuff, props)
+
+    # -- words -----------------------------------------------------------------------------------------------
+    def attribute_sentences(self, c: int) -> list[str]:
+        """21 sentences about class ``c``'s look, each starting "it ..." (the knowledge base's style)."""
+        s = self.signatures[c]
+        adj, noun = SHAPE_WORDS[s.shape]
+        pat = PATTERN_WORDS[s.pattern]
+        where = HABITAT_PHRASES[s.habitat]
+        stuff = STUFF_WORDS[s.habitat][0]
+        return [
+            f"it is {s.colour}.", f"it has a bright {s.colour} colour.", f"its surface is mostly {s.colour}.",
+            f"it looks {s.colour} from every side.",
+            f"it has a {adj} shape.", f"its outline looks like {noun}.", f"it is shaped like {noun}.",
+            f"its silhouette is {adj}.",
+            f"it has {pat}.", f"its surface shows {pat}.", f"its {s.colour} body has {pat}.",
+            f"it is covered with {pat}." if s.pattern != "plain" else "it has no stripes, spots or squares.",
+            f"it is usually {s.size}.", f"it takes up a {s.size} part of the picture.",
+            f"its size is {s.size} next to other objects.",
+            f"it is often seen {where}.", f"it usually appears {where}.", f"its typical surrounding is {stuff}.",
+            f"it is {_a(s.colour)} {adj} object.", f"it is a {s.size} {s.colour} thing shaped like {noun}.",
+            f"its {adj} body is {s.colour} with {pat}.",
+        ]
+
+    def knowledge_base(self, prefix: str = "a clean origami {}. ") -> dict[str, list[str]]:
+        """{class name: [prefix + attribute sentence, ...]} in the format of the shipped knowledge bases."""
+        return {name: [prefix.format(name) + t for t in self.attribute_sentences(c)]
+                for c, name in enumerate(self.class_names)}
+
+    def caption(self, rng: np.random.Generator, classes: Sequence[int], stuff: Sequence[str] = ()) -> str:
+        """A caption naming ``classes`` (prompt or plain names, in several templates), at times one class's
+        attribute in the knowledge base's words and the background ``stuff`` kinds by their VOC names."""
+        classes = list(classes)
+        rng.shuffle(classes)
+        names = [self.prompt_names[c] if rng.uniform() < 0.7 else self.class_names[c] for c in classes]
+        if not names:
+            return "a photo of " + " and ".join(_a(str(rng.choice(STUFF_WORDS[k]))) for k in stuff) + "."
+        kind = int(rng.integers(5))
+        if kind == 0:                                          # the text bank's template, once per class
+            text = " and ".join("a clean origami " + n for n in names) + "."
+        else:
+            lead = ("a photo of ", "a picture of ", "an image of ", "")[kind - 1]
+            text = lead + " and ".join(_a(n) for n in names) + "."
+        if rng.uniform() < 0.35:
+            c = int(rng.choice(classes))
+            sentence = str(rng.choice(self.attribute_sentences(c)))
+            subject = "it" if len(classes) == 1 else f"the {self.class_names[c]}"
+            text += " " + subject + sentence[2:]
+        if stuff and rng.uniform() < 0.3:
+            words = [str(rng.choice(STUFF_WORDS[k])) for k in stuff]
+            text += " " + " and ".join(words) + (" are" if len(words) > 1 else " is") + " in the background."
+        return text
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun

@@ -50,6 +50,7 @@ def pseudo_label_scores(
     affinity_layers: Sequence[int] = DEFAULT_AFFINITY_LAYERS,
     sinkhorn_iters: int = 3,
     bg_power: float = 1.0,
+    use_affinity: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Refined score stack of spec 5.1-5.5 before the argmax (what the optional CRF of spec 9.4 reads).
 
@@ -66,6 +67,7 @@ def pseudo_label_scores(
         affinity_layers: attention layers used for the affinity.
         sinkhorn_iters: column/row normalisation rounds of the transition matrix.
         bg_power: background score exponent.
+        use_affinity: False skips the affinity refinement (ablation): r_c = mask_c ⊙ lam_c, 𝒯 = identity.
 
     Returns:
         (scores, lut): B x (1 + M) x H x W scores [bg, present classes...] after PAR, padded slots -inf, and
@@ -91,7 +93,10 @@ def pseudo_label_scores(
     if m == 0:
         return lam.new_ones((b, 1, height, width)), lut
 
-    trans = transition_matrix(attention_affinity(attn, affinity_layers, attn_pred), sinkhorn_iters)
+    if use_affinity:
+        trans = transition_matrix(attention_affinity(attn, affinity_layers, attn_pred), sinkhorn_iters)
+    else:
+        trans = torch.eye(p, dtype=lam.dtype, device=lam.device).expand(b, p, p)
     lam_sel = lam.gather(2, index[:, None, :].expand(b, p, m))  # B x P x M
     masks = box_masks(lam_sel, valid, box_threshold)
     refined = refine_maps(trans, lam_sel, masks, valid)
@@ -116,6 +121,7 @@ def make_pseudo_labels(
     affinity_layers: Sequence[int] = DEFAULT_AFFINITY_LAYERS,
     sinkhorn_iters: int = 3,
     bg_power: float = 1.0,
+    use_affinity: bool = True,
 ) -> Tensor:
     """Pseudo labels from the LAM and the attention stack (spec 5.1-5.5).
 
@@ -125,7 +131,7 @@ def make_pseudo_labels(
         B x H x W int64 labels in {0} ∪ {c + 1 : c present}; no ignore value (quirk 15).
     """
     stack, lut = pseudo_label_scores(lam, attn, cls_labels, images, out_size, attn_pred, box_threshold, par,
-                                     affinity_layers, sinkhorn_iters, bg_power)
+                                     affinity_layers, sinkhorn_iters, bg_power, use_affinity)
     b, _, height, width = stack.shape
     # B x H x W index into [bg, present classes...]; argmax over a contiguous last axis is ~10x faster on CPU than
     # over the strided channel axis, with the same tie and NaN rules (first maximum)

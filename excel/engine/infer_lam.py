@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from excel.cam import PAR, make_pseudo_labels, pseudo_label_scores
+from excel.cam import build_par, make_pseudo_labels, pseudo_label_kwargs, pseudo_label_scores
 from excel.data import build_dataset
 from excel.data.palette import overlay, voc_palette, with_legend
 from excel.data.transforms import to_uint8_rgb
@@ -85,7 +85,7 @@ class _LamRun:
     def __init__(self, cfg: DictConfig, out_dir: Path, model: ExCEL, device: torch.device) -> None:
         self.cfg, self.model, self.device = cfg, model, device
         self.with_checkpoint = cfg.infer.checkpoint is not None
-        self.par = PAR(dilations=list(cfg.cam.par.dilations), num_iter=cfg.cam.par.num_iter).to(device)
+        self.par = build_par(cfg).to(device)
         self.class_names = list(cfg.data.class_names)
         self.names_bg = ["background", *self.class_names]
         self.mean, self.std = list(cfg.data.augment.mean), list(cfg.data.augment.std)
@@ -97,9 +97,7 @@ class _LamRun:
         self.pool = CRFPool(num_workers=int(cfg.infer.crf_workers), labels_only=True,
                             **dict(cfg.infer.crf_params)) if cfg.infer.crf else None
         self.skipped = 0
-        self.kwargs = dict(box_threshold=cfg.infer.box_threshold, par=self.par,
-                           affinity_layers=tuple(cfg.cam.affinity_layers), sinkhorn_iters=cfg.cam.sinkhorn_iters,
-                           bg_power=cfg.cam.bg_power)
+        self.kwargs = pseudo_label_kwargs(cfg, cfg.infer.box_threshold, self.par)
 
     def score_existing(self, item: dict[str, Any]) -> bool:
         """Score the files of an image done by an earlier run; False when it still has to be computed."""

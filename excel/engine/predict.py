@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from excel.errors import UsageError
 from excel.backbone import load_clip
 from excel.config import CONFIG_DIR, ConfigError, load_config
-from excel.cam import PAR, make_pseudo_labels
+from excel.cam import build_par, make_pseudo_labels, pseudo_label_kwargs
 from excel.data.palette import full_palette, overlay, with_legend
 from excel.data.transforms import normalize
 from excel.data.voc import load_image
@@ -255,7 +255,7 @@ class Predictor:
                                  cache_dir=clip_cfg.cache_dir)
             self.logit_scale = float(clip.logit_scale.exp()) if hasattr(clip, "logit_scale") else 100.0
             self.model = build_seeded_model(cfg, mode="val", clip_model=clip).to(self.device).eval()
-            self.par = PAR(dilations=list(cfg.cam.par.dilations), num_iter=int(cfg.cam.par.num_iter)).to(self.device)
+            self.par = build_par(cfg).to(self.device)
 
     def _normalised(self, rgb: np.ndarray) -> torch.Tensor:
         aug = self.cfg.data.augment
@@ -296,9 +296,7 @@ class Predictor:
             present = probs >= self.cls_threshold
             present[probs.argmax()] = True
         label = make_pseudo_labels(enc.lam, enc.attn, present[None].float(), x, size, attn_pred=None,
-                                   box_threshold=float(cfg.infer.box_threshold), par=self.par,
-                                   affinity_layers=tuple(cfg.cam.affinity_layers),
-                                   sinkhorn_iters=int(cfg.cam.sinkhorn_iters), bg_power=float(cfg.cam.bg_power))
+                                   **pseudo_label_kwargs(cfg, cfg.infer.box_threshold, self.par))
         label_np = label[0].to(torch.uint8).cpu().numpy()
         return Prediction(label_np, self._found(label_np),
                           cls_scores={n: float(p) for n, p in zip(self.class_names, probs.tolist())},

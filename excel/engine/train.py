@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from excel.cam import PAR, make_pseudo_labels
+from excel.cam import build_par, make_pseudo_labels, pseudo_label_kwargs
 from excel.config import save_config
 from excel.data import build_dataset
 from excel.engine import dist
@@ -118,7 +118,7 @@ class Trainer:
             betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, warmup_iters=cfg.optim.warmup_iters,
             warmup_ratio=cfg.optim.warmup_ratio, max_iters=cfg.train.max_iters, power=cfg.optim.power)
         self.scaler = torch.amp.GradScaler("cuda", enabled=(cfg.train.amp == "fp16" and device.type == "cuda"))
-        self.par = PAR(dilations=list(cfg.cam.par.dilations), num_iter=cfg.cam.par.num_iter).to(device)
+        self.par = build_par(cfg).to(device)
         self.train_set = build_dataset(cfg, cfg.data.train_split, stage="train")
         self.val_set = build_dataset(cfg, cfg.eval.split, stage="val")
         self.start_iter = 0
@@ -199,9 +199,7 @@ class Trainer:
             pseudo = make_pseudo_labels(
                 lam.float(), out.attn.float(), cls_labels,
                 par_input(images, cfg.data.augment.mean, cfg.data.augment.std), images.shape[-2:],
-                attn_pred=q, box_threshold=cfg.cam.box_threshold, par=self.par,
-                affinity_layers=tuple(cfg.cam.affinity_layers), sinkhorn_iters=cfg.cam.sinkhorn_iters,
-                bg_power=cfg.cam.bg_power)
+                attn_pred=q, **pseudo_label_kwargs(cfg, cfg.cam.box_threshold, self.par))
         logits = out.seg_logits.float()
         seg_loss = balanced_seg_loss(logits, pseudo) if cfg.loss.seg_weight else logits.new_zeros(())
         if cfg.loss.aff_weight:

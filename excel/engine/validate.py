@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from excel.cam import PAR, make_pseudo_labels
+from excel.cam import PAR, make_pseudo_labels, pseudo_label_kwargs
 from excel.data.loader import ShardSampler
 from excel.engine import dist
 from excel.evaluation import ConfusionMatrix
@@ -59,9 +59,7 @@ def validate(model, dataset: Dataset, cfg: DictConfig, device: torch.device, par
         logits = F.interpolate(out.seg_logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
         seg_cm.update(logits.argmax(1), label)
         pseudo = make_pseudo_labels(out.lam, out.attn, batch["cls_label"].to(device), inputs, label.shape[-2:],
-                                    attn_pred=out.attn_pred, box_threshold=threshold, par=par,
-                                    affinity_layers=tuple(cfg.cam.affinity_layers),
-                                    sinkhorn_iters=cfg.cam.sinkhorn_iters, bg_power=cfg.cam.bg_power)
+                                    attn_pred=out.attn_pred, **pseudo_label_kwargs(cfg, threshold, par))
         pseudo_cm.update(pseudo, label)
     seg_cm.all_reduce()
     pseudo_cm.all_reduce()

@@ -64,6 +64,12 @@ def _load_torchscript_weights(model: nn.Module, path: str) -> None:
                            f"missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
+def _is_organism_file(path: str) -> bool:
+    from excel.organism.weights import is_organism_file
+
+    return path.endswith((".pt", ".pth")) and not _is_torchscript_archive(path) and is_organism_file(path)
+
+
 def _offline_hint(name: str, pretrained: str, cache_dir: str | None) -> str:
     where = cache_dir if cache_dir else "open_clip's default cache (~/.cache/huggingface)"
     return (f"could not fetch the '{pretrained}' weights of {name} (offline?). Pass a local file instead: "
@@ -103,8 +109,9 @@ def load_clip(name: str, pretrained: str | None, force_quick_gelu: bool = True,
 
     Args:
         name: an open_clip architecture (``ViT-B-16``) or one of ``excel/backbone/model_configs`` (``excel-tiny``).
-        pretrained: None (or "") for random init; an open_clip tag (``openai``); or a local checkpoint file
-            (OpenAI's TorchScript ``ViT-B-16.pt`` or any open_clip checkpoint), as a path or as a file name
+        pretrained: None (or "") for random init; an open_clip tag (``openai``); ``organism`` for the shipped
+            organism weights (with ``excel-organism``); or a local checkpoint file (OpenAI's TorchScript
+            ``ViT-B-16.pt``, an organism weight file or any open_clip checkpoint), as a path or as a file name
             inside ``cache_dir``.
         force_quick_gelu: build QuickGELU MLPs (the OpenAI weights need them, spec 1.1).
         cache_dir: open_clip download cache folder (None = open_clip's default).
@@ -129,7 +136,15 @@ def load_clip(name: str, pretrained: str | None, force_quick_gelu: bool = True,
         in_cache = os.path.join(cache_dir, pretrained)     # a bare file name placed in the cache folder
         if os.path.isfile(in_cache):
             pretrained = in_cache
-    if pretrained is None:
+    if pretrained == "organism" or (pretrained and os.path.isfile(pretrained) and _is_organism_file(pretrained)):
+        from excel.organism.weights import SHIPPED, load_organism_weights
+
+        path = SHIPPED if pretrained == "organism" else pretrained
+        model = create(None)
+        meta = load_organism_weights(model, path)
+        log.info("built %s with the organism weights %s (held-out zero-shot mAP %s)", name, path,
+                 meta.get("zero_shot_map", "?"))
+    elif pretrained is None:
         model = create(None)
         log.info("built %s with random initialisation (model.clip.pretrained=null)", name)
     elif os.path.isfile(pretrained):

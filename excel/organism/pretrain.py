@@ -1,0 +1,259 @@
+"""Contrastive pretraining of the organism CLIP on image-caption pairs drawn from the generated world.
+
+Every training pair is a pure function of (seed, sample index): a scene of :class:`excel.data.world.World`, seen
+either whole (squashed to a square, as evaluation sees images) or through a random square crop (as training crops
+see them), and a caption naming the classes visible in that view. Fresh scenes every step, so the model cannot
+memorise a pool. The loss is open_clip's ``ClipLoss``. Held-out zero-shot multi-label mAP (the text bank's own
+prompt, "a clean origami {name}.") is printed as training goes. A checkpoint holds model, optimiser and step, is
+written atomically, and a rerun resumes from it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from excel.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from excel.data.world import World
+from excel.utils.io import atomic_torch_save
+
+log = logging.getLogger(__name__)
+
+EVAL_SEED_OFFSET = 7_919  # the held-out stream: never used for training pairs
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of one pretraining run (the defaults are the shipped organism's)."""
+
+    model: str = "excel-organism"
+    image_size: int = 192
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: int = 100
+    seed: int = 0
+    crop_prob: float = 0.5          # share of pairs seen through a random square crop
+    eval_every: int = 200
+    eval_images: int = 256
+    ckpt_every: int = 50
+    num_workers: int = 1
+
+
+def scene_size(rng: np.random.Generator, long_lo: int = 200, long_hi: int = 288) -> tuple[int, int]:
+    """(h, w) with a VOC-like aspect ratio (short/long in [0.66, 1]), landscape two times in three."""
+    long = int(rng.integers(long_lo, long_hi + 1))
+    short = int(round(long * rng.uniform(0.66, 1.0)))
+    return (short, long) if rng.uniform() < 2 / 3 else (long, short)
+
+
+def normalise(image: np.ndarray) -> Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 ImageNet-normalised on the 0-255 scale (the pipeline's input)."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).float()
+    x = (x - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    return x.permute(2, 0, 1).contiguous()
+
+
+def view_of_scene(rng: np.random.Generator, world: World, size: int,
+                  crop_prob: float) -> tuple[np.ndarray, list[int], list[str]]:
+    """A (size, size, 3) uint8 view of a fresh scene, the classes visible in it (>= 40% of their pixels) and the
+    scene's background kinds (stuff and props)."""
+    h, w = scene_size(rng)
+    scene = world.render(rng, h, w)
+    image, mask = scene.image, scene.mask
+    if rng.uniform() < crop_prob:
+        side = int(min(h, w) * rng.uniform(0.55, 1.0))
+        y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        image, mask = image[y0:y0 + side, x0:x0 + side], mask[y0:y0 + side, x0:x0 + side]
+        full = np.bincount(scene.mask.ravel(), minlength=world.num_classes + 1)
+        kept = np.bincount(mask.ravel(), minlength=world.num_classes + 1)
+        scene.classes = [c for c in scene.classes if kept[c + 1] >= 0.4 * full[c + 1]]
+    view = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return view, scene.classes, scene.stuff + scene.props
+
+
+class WorldPairs(Dataset):
+    """Sample i -> (image (3, S, S), token ids (L,)) drawn from ``default_rng([seed, i])``."""
+
+    def __init__(self, world: World, tokenizer: Callable[[list[str]], Tensor], size: int, seed: int,
+                 crop_prob: float):
+        self.world, self.tokenizer, self.size, self.seed, self.crop_prob = world, tokenizer, size, seed, crop_prob
+
+    def __len__(self) -> int:
+        return 2 ** 62
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        rng = np.random.default_rng([self.seed, index])
+        view, classes, stuff = view_of_scene(rng, self.world, self.size, self.crop_prob)
+        caption = self.world.caption(rng, classes, stuff)
+        return normalise(view), self.tokenizer([caption])[0]
+
+
+class _From(torch.utils.data.Sampler):
+    """Indices start, start + 1, ... (resuming continues the stream exactly)."""
+
+    def __init__(self, start: int):
+        self.start = start
+
+    def __iter__(self):
+        i = self.start
+        while True:
+            yield i
+            i += 1
+
+
+def eval_set(world: World, size: int, count: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Held-out images (count, 3, S, S) (whole scenes, squashed) and their multi-hot labels (count, C)."""
+    images, labels = [], torch.zeros(count, world.num_classes)
+    for i in range(count):
+        rng = np.random.default_rng([seed + EVAL_SEED_OFFSET, i])
+        h, w = scene_size(rng)
+        scene = world.render(rng, h, w)
+        images.append(normalise(np.asarray(Image.fromarray(scene.image).resize((size, size), Image.BILINEAR))))
+        labels[i, scene.classes] = 1
+    return torch.stack(images), labels
+
+
+def average_precision(scores: Tensor, labels: Tensor) -> Tensor:
+    """Per-class AP (C,) of (N, C) scores against (N, C) binary labels; NaN for a class with no positive."""
+    order = scores.argsort(dim=0, descending=True)
+    hits = labels.gather(0, order)
+    precision = hits.cumsum(0) / torch.arange(1, len(scores) + 1, dtype=scores.dtype)[:, None]
+    positives = hits.sum(0)
+    return (precision * hits).sum(0) / positives.where(positives > 0, torch.full_like(positives, float("nan")))
+
+
+@torch.no_grad()
+def zero_shot_map(model: nn.Module, tokenizer: Callable[[list[str]], Tensor], world: World, images: Tensor,
+                  labels: Tensor, template: str = "a clean origami {}.", batch: int = 64) -> float:
+    """Zero-shot multi-label mAP: image-text cosine of each class's prompt as the class score."""
+    was_training = model.training
+    model.eval()
+    text = F.normalize(model.encode_text(tokenizer([template.format(n) for n in world.prompt_names])), dim=-1)
+    feats = torch.cat([F.normalize(model.encode_image(images[i:i + batch]), dim=-1)
+                       for i in range(0, len(images), batch)])
+    model.train(was_training)
+    return float(average_precision(feats @ text.T, labels).nanmean())
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    """Linear warm-up then cosine decay to zero."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * t))
+
+
+def build_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on gains, biases, embeddings of positions and the logit scale."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "positional" in name or "logit_scale" in name or "class_embedding" in name
+         else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def _vocabulary_ids(tokenizer: Callable[[list[str]], Tensor], texts: list[str]) -> Tensor:
+    """Sorted unique token ids of ``texts`` (start, end and padding included)."""
+    return torch.unique(torch.cat([tokenizer(texts[i:i + 512]).flatten() for i in range(0, len(texts), 512)]))
+
+
+def pipeline_texts(world: World, templates: tuple[str, ...] = ("a clean origami {}.",),
+                   background_names: tuple[str, ...] = ()) -> list[str]:
+    """Every text the ExCEL pipeline feeds the organism: class prompts, background prompts, knowledge base."""
+    names = list(world.prompt_names) + list(world.class_names) + list(background_names)
+    kb = [s for sentences in world.knowledge_base().values() for s in sentences]
+    return [t.format(n) for n in names for t in templates] + kb
+
+
+def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | None = None,
+             background_names: tuple[str, ...] = (), progress: bool = True) -> dict:
+    """Train (or resume) the organism CLIP; write ``work_dir/last.pth`` as it goes and, at the end, the shipped
+    weights to ``export``. Returns the final summary (step, zero-shot mAP, seconds)."""
+    from excel.backbone.clip_loader import load_clip, load_tokenizer
+    from excel.organism.weights import save_organism_weights
+    from open_clip.loss import ClipLoss
+
+    work_dir = Path(work_dir)
+    torch.manual_seed(cfg.seed)
+    model = load_clip(cfg.model, None)
+    model.requires_grad_(True)
+    model.train()
+    tokenizer = load_tokenizer(cfg.model)
+    world = World()
+    optimizer = build_optimizer(model, cfg)
+    seen = torch.zeros(model.token_embedding.num_embeddings, dtype=torch.bool)
+    history: list[dict] = []
+    step, elapsed = 0, 0.0
+    ckpt_path = work_dir / "last.pth"
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if state.get("config") != asdict(cfg):
+            raise ValueError(f"{ckpt_path} was written with other settings {state.get('config')}; "
+                             f"use another work dir or the same settings")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, seen, history, elapsed = state["step"], state["seen"], state["history"], state["elapsed"]
+        log.info("resumed from %s at step %d", ckpt_path, step)
+    images, labels = eval_set(world, cfg.image_size, cfg.eval_images, cfg.seed)
+    loss_fn = ClipLoss()
+    pairs = WorldPairs(world, tokenizer, cfg.image_size, cfg.seed, cfg.crop_prob)
+    loader = DataLoader(pairs, batch_size=cfg.batch_size, sampler=_From(step * cfg.batch_size),
+                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+                        prefetch_factor=2 if cfg.num_workers > 0 else None)
+    stream = iter(loader)
+
+    def save() -> None:
+        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                           "seen": seen, "history": history, "elapsed": elapsed, "config": asdict(cfg)}, ckpt_path)
+
+    bar = tqdm(total=cfg.steps, initial=step, desc="pretrain organism", disable=not progress, dynamic_ncols=True)
+    ema = None
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        x, tokens = next(stream)
+        seen[tokens.flatten()] = True
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        img = F.normalize(model.encode_image(x), dim=-1)
+        txt = F.normalize(model.encode_text(tokens), dim=-1)
+        loss = loss_fn(img, txt, model.logit_scale.exp())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        elapsed += time.perf_counter() - t0
+        value = loss.item()
+        ema = value if ema is None else 0.95 * ema + 0.05 * value
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema:.3f}")
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            m_ap = zero_shot_map(model, tokenizer, world, images, labels)
+            history.append({"step": step, "loss": ema, "zero_shot_map": m_ap, "seconds": round(elapsed, 1)})
+            bar.write(f"step {step}: loss {ema:.3f}  held-out zero-shot mAP {m_ap:.3f}  ({elapsed / 60:.1f} min)")
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            save()
+    bar.close()
+    summary = dict(history[-1]) if history else {"step": step}
+    if export is not None:
+        keep = seen | torch.zeros_like(seen).index_fill_(
+            0, _vocabulary_ids(tokenizer, pipeline_texts(world, background_names=background_names)), True)
+        save_organism_weights(model, keep, export, meta={**summary, "config": asdict(cfg)})
+        log.info("wrote the organism weights to %s", export)
+    return summary

@@ -1,4 +1,4 @@
-"""Seconds per image of multi-scale + flip segmentation inference and of the dense CRF (spec 9.2, 9.3).
+"""Seconds per image of multi-scale + flip segmentation inference and of the dense CRF (algorithm.md §9.2, §9.3).
 
     python benchmarks/bench_inference.py [--dataset voc coco] [--repeats 3] [--size 375 500] [--threads 2]
 

@@ -1,4 +1,4 @@
-"""Training losses (spec 7): balanced segmentation cross-entropy and the affinity ("diversity") loss.
+"""Training losses (algorithm.md §7): balanced segmentation cross-entropy and the affinity ("diversity") loss.
 
 Pure tensor functions; sums and counts run over the whole batch (not per image).
 """
@@ -10,7 +10,7 @@ from torch import Tensor
 
 __all__ = ["balanced_seg_loss", "affinity_labels", "affinity_loss"]
 
-_COUNT_EPS = 1e-6  # added to the pixel counts of the segmentation loss (spec 7)
+_COUNT_EPS = 1e-6  # added to the pixel counts of the segmentation loss (algorithm.md §7)
 
 
 def balanced_seg_loss(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
@@ -43,7 +43,7 @@ def balanced_seg_loss(logits: Tensor, labels: Tensor, ignore_index: int = 255) -
 
 
 def affinity_labels(label_map: Tensor, grid: tuple[int, int], radius: int = 8, ignore_index: int = 255) -> Tensor:
-    """Pairwise patch labels for the affinity loss (spec 7, steps 2-5).
+    """Pairwise patch labels for the affinity loss (algorithm.md §7, steps 2-5).
 
     Args:
         label_map: (B, H, W) integer label map (pseudo labels or the argmax of the upsampled logits).
@@ -74,7 +74,7 @@ def affinity_labels(label_map: Tensor, grid: tuple[int, int], radius: int = 8, i
 
 
 def affinity_loss(attn_pred: Tensor, aff_labels: Tensor) -> Tensor:
-    """L_aff = 0.5 Σ_{R=1} (1 - P) / (n+ + 1) + 0.5 Σ_{R=0} P / (n- + 1), over the whole batch (spec 7 step 6).
+    """L_aff = 0.5 Σ_{R=1} (1 - P) / (n+ + 1) + 0.5 Σ_{R=0} P / (n- + 1), over the batch (algorithm.md §7 step 6).
 
     Args:
         attn_pred: (B, P, P) predicted affinity in (0, 1).

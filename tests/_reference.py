@@ -6,8 +6,8 @@ import numpy as np
 
 
 def box_mask_reference(cam: np.ndarray, threshold: float) -> np.ndarray:
-    """One g x g float map -> its box mask, as the reference describes it (spec 5.2: uint8 truncation, strict >,
-    cv2 RETR_TREE contours + boundingRect, exclusive end clamped to g - 1). Returns float64 0/1."""
+    """One g x g float map -> its box mask, as the reference computes it (algorithm.md §5.2: uint8 truncation,
+    strict >, cv2 RETR_TREE contours + boundingRect, exclusive end clamped to g - 1). Returns float64 0/1."""
     g = cam.shape[0]
     u = (cam.astype(np.float32) * 255).astype(np.uint8)
     theta = int(threshold * u.max())

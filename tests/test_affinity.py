@@ -1,4 +1,4 @@
-"""Attention affinity and transition matrix (spec 5.1, quirk 3)."""
+"""Attention affinity and transition matrix (algorithm.md §5.1, quirk 3)."""
 from __future__ import annotations
 
 from fractions import Fraction

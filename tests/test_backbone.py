@@ -65,7 +65,7 @@ def ref_embed(vit, images):
 
 @torch.no_grad()
 def ref_forward(vit, images, num_svc=5, head_mean=False, ex_bias=None):
-    """Hand-rolled dual path (spec 1.4-1.6), mimicking the reference's in-place updates to get the aliasing."""
+    """Hand-rolled dual path (algorithm.md §1.4-1.6), copying the reference's in-place updates (aliasing)."""
     blocks = vit.transformer.resblocks
     first = len(blocks) - num_svc
     x = ref_embed(vit, images)
@@ -182,7 +182,7 @@ def test_dual_path_matches_hand_rolled_reference(tiny_clip, images):
     assert got.tokens.shape == (b, n, 32) and got.attn.shape == (12, b, n, n) and got.features.shape == (12, b, n, 64)
     for key in ("tokens", "new_tokens", "attn", "features"):
         torch.testing.assert_close(getattr(got, key), ref[key], rtol=1e-5, atol=2e-5, msg=key)
-    # spec 1.6 table, checked against the hand-rolled states
+    # algorithm.md §1.6 table, checked against the hand-rolled states
     outs, mids = ref["outs"], ref["mids"]
     for l in range(6):
         torch.testing.assert_close(got.features[l], outs[l], rtol=1e-5, atol=2e-5)

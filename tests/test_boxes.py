@@ -1,4 +1,4 @@
-"""Box masks (spec 5.2, quirk 11): hand-made grids for each quirk and parity with a cv2 reference."""
+"""Box masks (algorithm.md §5.2, quirk 11): hand-made grids for each quirk and parity with a cv2 reference."""
 from __future__ import annotations
 
 import cv2

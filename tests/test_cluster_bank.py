@@ -1,4 +1,4 @@
-"""TSE cluster banks (spec 3.2): KMeans build on the tiny CLIP, the authors' file format, caching, validation."""
+"""TSE cluster banks (algorithm.md §3.2): KMeans on the tiny CLIP, the authors' file format, caching, validation."""
 from __future__ import annotations
 
 import importlib.util

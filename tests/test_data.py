@@ -1,4 +1,4 @@
-"""Datasets, augmentation (spec 8.4), loaders (quirk 17), palette, and errors on bad data."""
+"""Datasets, augmentation (algorithm.md §8.4), loaders (quirk 17), palette, and errors on bad data."""
 from __future__ import annotations
 
 import random
@@ -67,7 +67,7 @@ def test_test_stage_dummy_label_is_first_channel(mini_voc):
 
 # ------------------------------------------------------------------------------------------- augmentation
 def reference_augment(image, label, crop, seed, ratio_max=0.75, tries=10):
-    """Spec 8.4 written out step by step (python random / numpy global, same draw order)."""
+    """algorithm.md §8.4 written out step by step (python random / numpy global, same draw order)."""
     random.seed(seed)
     np.random.seed(seed)
     r = random.uniform(0.5, 2.0)

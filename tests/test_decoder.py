@@ -1,4 +1,4 @@
-"""Decoder (spec 6): shapes, the fusion head and transformer against naive references, attn_pred by hand, grads."""
+"""Decoder (algorithm.md §6): shapes, the fusion head and transformer against naive references, attn_pred, grads."""
 from __future__ import annotations
 
 import math

@@ -1,6 +1,6 @@
-"""Segmentation inference (spec 9.2, 9.3, 9.5): multi-scale + flip logits against a slow per-view reference,
-VOC val scoring with and without CRF, the test-set layout, COCO-style scoring, torchrun sharding and checkpoint
-loading (prefixes, refusals). Real tiny open_clip model, real pydensecrf, real gloo."""
+"""Segmentation inference (algorithm.md §9.2, §9.3, §9.5): multi-scale + flip logits against a slow per-view
+reference, VOC val scoring with and without CRF, the test-set layout, COCO-style scoring, torchrun sharding and
+checkpoint loading (prefixes, refusals). Real tiny open_clip model, real pydensecrf, real gloo."""
 from __future__ import annotations
 
 import json
@@ -33,7 +33,7 @@ import infer_seg_voc  # noqa: E402
 
 # ----------------------------------------------------------------------------- slow references
 def reference_logits(model, image, input_size, scales, flip_at_unit, out_size):
-    """One forward per view (plain, mirrored), each upsampled on its own; the spec 9.2 / 9.3 averaging."""
+    """One forward per view (plain, mirrored), each upsampled on its own; the algorithm.md §9.2 / §9.3 averaging."""
     per_scale = []
     for s in scales:
         side = int(input_size * s)

@@ -1,4 +1,4 @@
-"""Knowledge-base loading and validation (spec 3.1)."""
+"""Knowledge-base loading and validation (algorithm.md §3.1)."""
 from __future__ import annotations
 
 import json

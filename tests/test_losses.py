@@ -1,4 +1,4 @@
-"""Losses (spec 7): hand-computed cases, slow loop references, invariants."""
+"""Losses (algorithm.md §7): hand-computed cases, slow loop references, invariants."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""PolyWarmupAdamW (spec 8.2): the exact schedule, parity with torch AdamW, and resume through state_dict."""
+"""PolyWarmupAdamW (algorithm.md §8.2): the exact schedule, parity with torch AdamW, and resume through state_dict."""
 from __future__ import annotations
 
 import pytest

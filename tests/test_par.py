@@ -1,4 +1,4 @@
-"""PAR (spec 5.5): hand-computed weights, the neighbour order and a slow per-pixel reference."""
+"""PAR (algorithm.md §5.5): hand-computed weights, the neighbour order and a slow per-pixel reference."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Pseudo labels (spec 5.1-5.5): the batched path against a simple per-image numpy/cv2 reference."""
+"""Pseudo labels (algorithm.md §5.1-5.5): the batched path against a simple per-image numpy/cv2 reference."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Feature surgery (spec 4) and the token normalisation quirk (spec 1.7)."""
+"""Feature surgery (algorithm.md §4) and the token normalisation quirk (algorithm.md §1.7)."""
 from __future__ import annotations
 
 import math

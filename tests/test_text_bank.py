@@ -1,4 +1,4 @@
-"""Text bank: prompt ensemble (spec 2.1), TSE aggregation and its mask count (spec 3.3, quirk 13)."""
+"""Text bank: prompt ensemble (algorithm.md §2.1), TSE aggregation, its mask count (§3.3, quirk 13)."""
 from __future__ import annotations
 
 import math

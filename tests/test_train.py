@@ -32,7 +32,7 @@ def test_single_process_training_writes_a_complete_work_dir(mini_voc, tmp_path):
         assert (work / name).is_file(), name
     metrics = _lines(work / "metrics.jsonl")
     assert [m["iter"] for m in metrics] == list(range(6))
-    # schedule of the tiny config: LVC from iteration 3, warm-up 2, max 6 (spec 8.2: lr set before each update)
+    # schedule of the tiny config: LVC from iteration 3, warm-up 2, max 6 (algorithm.md §8.2: lr set before each step)
     assert [m["lvc"] for m in metrics] == [False] * 3 + [True] * 3
     for m in metrics:
         assert m["lr"] == pytest.approx(poly_warmup_lr(m["iter"], 1e-3, 2, 1e-6, 6, 1.0), rel=1e-9)

@@ -1,4 +1,4 @@
-"""Build (or find in the cache) the TSE cluster bank of a config (spec 3.2) and report on it.
+"""Build (or find in the cache) the TSE cluster bank of a config (algorithm.md §3.2) and report on it.
 
     python tools/build_bank.py --config configs/voc.yaml
     python tools/build_bank.py --config configs/coco.yaml model.clip.pretrained=/path/ViT-B-16.pt --force

@@ -1,4 +1,4 @@
-"""Write a TSE knowledge base (spec 3.1) with an OpenAI-compatible chat API.
+"""Write a TSE knowledge base (algorithm.md §3.1) with an OpenAI-compatible chat API.
 
 For every class the model is asked for ``n`` attribute sentences (prompt: ``tse.llm.prompt_template`` in the
 config, placeholders ``{class_name}``, ``{n}``, ``{other_classes}``). Each answer is parsed (numbered or bulleted

@@ -1,4 +1,4 @@
-"""Pseudo labels for a whole split and their mIoU (spec 9.4): training-free, or with a trained checkpoint.
+"""Pseudo labels for a whole split and their mIoU (algorithm.md §9.4): training-free, or with a trained checkpoint.
 
     python tools/infer_lam.py data.root=/data/VOC2012 infer.split=train
     python tools/infer_lam.py --config configs/coco.yaml data.root=/data/COCO infer.split=val_part

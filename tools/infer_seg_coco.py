@@ -1,4 +1,4 @@
-"""Multi-scale + flip segmentation inference on MS COCO 2014 (spec 9.3), optional dense CRF.
+"""Multi-scale + flip segmentation inference on MS COCO 2014 (algorithm.md §9.3), optional dense CRF.
 
 COCO differs from VOC only in configs/coco.yaml: the flip is used at every scale (infer.flip_at_unit_scale=true)
 and each scale's logits are reduced to int(0.2 h) x int(0.2 w) before averaging (infer.logit_scale=0.2), then

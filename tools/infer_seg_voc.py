@@ -1,4 +1,4 @@
-"""Multi-scale + flip segmentation inference on PASCAL VOC (spec 9.2, 9.5), optional dense CRF.
+"""Multi-scale + flip segmentation inference on PASCAL VOC (algorithm.md §9.2, §9.5), optional dense CRF.
 
 Score val with and without CRF (both tables go to the screen, <output_dir>/infer_seg_voc.log and results.json):
     python tools/infer_seg_voc.py data.root=/data/VOC2012 infer.checkpoint=work_dirs/voc/checkpoints/iter_0030000.pth \

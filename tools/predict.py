@@ -2,7 +2,7 @@
 
 With a trained checkpoint (its stored config supplies the classes; multi-scale + flip as in infer.*):
     python tools/predict.py photos/ --out preds --checkpoint work_dirs/voc/checkpoints/iter_0030000.pth [--crf]
-Training-free, open vocabulary (LAM + pseudo labels of spec 9.4, no training):
+Training-free, open vocabulary (LAM + pseudo labels of algorithm.md §9.4, no training):
     python tools/predict.py "photos/*.jpg" --out preds --classes "cat,dog,sofa"
     python tools/predict.py img.jpg --out preds --classes-file my_classes.yaml --knowledge-base my_kb.json
 A class YAML is a list of names or a mapping with class_names (and optionally prompt_names, background_names).

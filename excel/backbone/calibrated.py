@@ -1,4 +1,4 @@
-"""The frozen CLIP vision tower with Static Visual Calibration (spec 1.2-1.6) and the LVC hooks (spec 5.6, 12).
+"""The frozen CLIP vision tower with Static Visual Calibration (algorithm.md §1.2-1.6) and the LVC hooks (§5.6, §12).
 
 ``CalibratedVisual`` reuses the weights of an open_clip ``VisionTransformer`` and writes its own forward:
 blocks before the calibrated ones run standard CLIP attention; the last ``num_svc_blocks`` blocks run the
@@ -22,14 +22,14 @@ from excel.backbone.svc import (interpolate_pos_embed, merge_heads, pos_grid_sid
 class VisualOutput:
     """Everything the rest of the model needs from one CLIP pass (docs/architecture.md, Backbone).
 
-    tokens: (B, N, D) Y of spec 1.5 (ln_post + proj of S_11 with O_11's CLS row), not normalised.
+    tokens: (B, N, D) Y of algorithm.md §1.5 (ln_post + proj of S_11 with O_11's CLS row), not normalised.
     attn: (L, B, N, N) reported attention stack: head mean in plain blocks, head sum in calibrated ones (1.4).
-    features: (L, B, N, W) decoder inputs F_0..F_{L-1} (spec 1.6 aliasing by default, O_0..O_{L-1} when clean).
+    features: (L, B, N, W) decoder inputs F_0..F_{L-1} (§1.6: aliased by default, O_0..O_{L-1} when clean).
     new_tokens: (B, N, W) S_11 with O_11's CLS row, before ln_post.
     project: maps (B, N, W) new tokens to (B, N, D) (ln_post, then the projection).
     svc_values: (S, B, P, W) patch rows of v (heads concatenated) of the S calibrated blocks; None without SVC.
     svc_out_weights: (S, W, W) the out-projection weights W_o of those blocks; None without SVC.
-    lvc_basis (property, computed on first use): (B, P, W) U = sum_l V_l[:, 1:] @ W_o,l^T (spec 12).
+    lvc_basis (property, computed on first use): (B, P, W) U = sum_l V_l[:, 1:] @ W_o,l^T (algorithm.md §12).
     """
 
     tokens: Tensor
@@ -87,7 +87,7 @@ class CalibratedVisual(nn.Module):
 
     @property
     def lvc_scale(self) -> float:
-        """c of spec 12: LVC adds c * E to the reduced surgery matrix (heads with head sum, 1 with head mean)."""
+        """c of algorithm.md §12: LVC adds c * E to the reduced surgery matrix (heads with head sum, 1 with mean)."""
         return 1.0 if self.head_mean else float(self.num_heads)
 
     @property
@@ -96,12 +96,12 @@ class CalibratedVisual(nn.Module):
         return pos_grid_side(self.pos_embed)
 
     def train(self, mode: bool = True) -> "CalibratedVisual":
-        """CLIP is never trained: the module stays in eval mode whatever ``mode`` says (spec 1.1)."""
+        """CLIP is never trained: the module stays in eval mode whatever ``mode`` says (algorithm.md §1.1)."""
         return super().train(False)
 
     @torch.no_grad()
     def resize_pos_embed_(self, grid: int) -> None:
-        """Permanently replace the stored positional table by its bilinear resize to grid x grid (spec 1.2)."""
+        """Replace the stored positional table by its bilinear resize to grid x grid (algorithm.md §1.2)."""
         self.pos_embed = interpolate_pos_embed(self.pos_embed, grid).clone()
 
     def project(self, new_tokens: Tensor) -> Tensor:
@@ -167,7 +167,7 @@ class CalibratedVisual(nn.Module):
 
     def _dual_attention(self, blk: nn.Module, u: Tensor, reduce: str,
                         ex_bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Both attentions of one calibrated block from its packed projections (spec 1.4).
+        """Both attentions of one calibrated block from its packed projections (algorithm.md §1.4).
 
         Returns x_ori (B, N, W), the head-sum q-k attention (B, N, N), x_new (B, N, W) and v (B, N, W) with
         the heads concatenated. The surgery matrix M is shared by all heads, so concat_h(M v_h) = M @ v.
@@ -184,7 +184,7 @@ class CalibratedVisual(nn.Module):
         return x_ori, orig.sum(1), x_new, value
 
     def _decoder_features(self, outs: list[Tensor], mids: list[Tensor], new_tokens: Tensor) -> Tensor:
-        """(L, B, N, W) decoder inputs (spec 1.6).
+        """(L, B, N, W) decoder inputs (algorithm.md §1.6).
 
         Faithful aliasing with the first calibrated block f: F_l = O_l for l < f - 1, F_{f-1} = new_tokens,
         F_l = a_{l+1} (block l+1 after attention, before its MLP) for f <= l <= L - 2, F_{L-1} = O_{L-1}.

@@ -1,5 +1,5 @@
-"""Pure tensor functions of the calibrated backbone: surgery attention (SVC, spec 1.4), the LVC bias (spec 5.6)
-and positional-embedding interpolation (spec 1.2).
+"""Pure tensor functions of the calibrated backbone: surgery attention (SVC, algorithm.md §1.4), the LVC bias
+(§5.6) and positional-embedding interpolation (§1.2).
 
 No module state and no device choices here: every function works on whatever device its inputs live on.
 """
@@ -16,11 +16,11 @@ HEAD_REDUCTIONS = ("sum", "mean")
 
 def surgery_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, head_reduce: str = "sum",
                       ex_bias: Tensor | None = None) -> Tensor:
-    """The surgery attention matrix M of one calibrated block (spec 1.4).
+    """The surgery attention matrix M of one calibrated block (algorithm.md §1.4).
 
     Per head h: M_h = [softmax(q_h q_h^T s) + softmax(k_h k_h^T s) + softmax(v_h v_h^T s)] / 3 (softmax over the
     last axis, CLS included). The three softmaxes run in place, a few images at a time. With ``ex_bias`` (the LVC term,
-    spec 5.6 step 6), E is added to the patch-patch block M_h[1:, 1:] of every head before the head reduction.
+    algorithm.md §5.6 step 6), E is added to the patch-patch block M_h[1:, 1:] of every head before the head reduction.
 
     Args:
         q, k, v: (B, h, N, d) per-head projections of the block input (after ln_1).
@@ -37,7 +37,7 @@ def surgery_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, head_reduce
         raise ValueError(f"ex_bias must have shape (B, N-1, N-1) = {(batch, n - 1, n - 1)}, "
                          f"got {tuple(ex_bias.shape)}")
     # Same ops and summation order as softmax(stack) -> sum over the three -> / 3 (bit-identical), but in place
-    # and image by image on CPU, where one image's (h, N, N) maps stay in the cache (spec 12).
+    # and image by image on CPU, where one image's (h, N, N) maps stay in the cache (algorithm.md §12).
     step = _surgery_chunk(q)
     out = []
     for b in range(0, batch, step):
@@ -67,7 +67,7 @@ def _surgery_chunk(q: Tensor) -> int:
 
 
 def lvc_bias(fused: Tensor, per_sample: bool = False, scale: float = 3.0) -> Tensor:
-    """The LVC attention bias E from the fused decoder feature (spec 5.6 steps 1-5).
+    """The LVC attention bias E from the fused decoder feature (algorithm.md §5.6 steps 1-5).
 
     e = L2-normalise(flatten f) over channels; G = e^T e; mu = mean(G) over the whole batch tensor (quirk 9) or
     per sample; Z = scale * (G - mu) with Z < 0 set to -inf; E = softmax over the last axis. The diagonal of G is
@@ -100,7 +100,7 @@ def pos_grid_side(pos_embed: Tensor) -> int:
 
 
 def interpolate_pos_embed(pos_embed: Tensor, grid: int) -> Tensor:
-    """Resize a (1 + g0^2, W) positional table to (1 + grid^2, W) (spec 1.2).
+    """Resize a (1 + g0^2, W) positional table to (1 + grid^2, W) (algorithm.md §1.2).
 
     The g0 x g0 patch grid (row-major) is resized with bilinear interpolation, align_corners=False and no
     antialias; the CLS row (row 0) is kept as is. Returns the input itself when g0 == grid.

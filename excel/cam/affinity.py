@@ -1,4 +1,4 @@
-"""Patch affinity from the attention stack and its transition matrix (spec 5.1).
+"""Patch affinity from the attention stack and its transition matrix (algorithm.md §5.1).
 
 Shapes: L attention layers, B images, N = 1 + P tokens (token 0 is CLS), P = g * g patches.
 """
@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 DEFAULT_AFFINITY_LAYERS: tuple[int, ...] = (6, 7, 8, 9, 10, 11)
-_SELECTION_EPS = 1e-5  # |S| + 1e-5 in the layer-selected average (spec 5.1 step 3)
+_SELECTION_EPS = 1e-5  # |S| + 1e-5 in the layer-selected average (algorithm.md §5.1 step 3)
 
 
 def attention_affinity(
@@ -18,7 +18,7 @@ def attention_affinity(
     layers: Sequence[int] = DEFAULT_AFFINITY_LAYERS,
     attn_pred: Optional[Tensor] = None,
 ) -> Tensor:
-    """Patch-patch affinity Ā from the attention stack (spec 5.1 steps 1-3).
+    """Patch-patch affinity Ā from the attention stack (algorithm.md §5.1 steps 1-3).
 
     Args:
         attn: L x B x N x N attention stack (head mean for plain blocks, head sum for the calibrated ones,
@@ -56,7 +56,7 @@ def attention_affinity(
 
 
 def transition_matrix(aff: Tensor, iters: int = 3) -> Tensor:
-    """Transition matrix 𝒯 from an affinity (spec 5.1 step 4).
+    """Transition matrix 𝒯 from an affinity (algorithm.md §5.1 step 4).
 
     ``iters`` rounds of {divide every column by its sum, then every row by its sum}, then X <- (X + X^T) / 2
     and X <- X @ X. There is no epsilon: a zero column or row gives NaN, as in the reference.

@@ -1,4 +1,4 @@
-"""Box masks from the LAM with the CAA threshold (spec 5.2, quirk 11).
+"""Box masks from the LAM with the CAA threshold (algorithm.md §5.2, quirk 11).
 
 Everything is batched over images and classes: the connected components of all maps are found at once by
 label propagation on the tensor's device (no host loop per image or class).
@@ -22,7 +22,7 @@ def grid_side(num_patches: int, what: str = "P") -> int:
 
 
 def quantize_maps(maps: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
-    """uint8 maps and their foreground (spec 5.2 steps 1-3).
+    """uint8 maps and their foreground (algorithm.md §5.2 steps 1-3).
 
     u = uint8(trunc(255 * map)) computed in float32, θ = int(ϑ * max(u)) with Python float semantics
     (a lookup table over the 256 possible maxima, so no float64 is needed on the device), fg = u > θ.
@@ -68,7 +68,7 @@ def connected_components(fg: Tensor) -> Tensor:
 
 
 def component_box_union(labels: Tensor) -> Tensor:
-    """Union of the clamped bounding boxes of all components (spec 5.2 step 4).
+    """Union of the clamped bounding boxes of all components (algorithm.md §5.2 step 4).
 
     A component with inclusive bounding box rows [y0, y1] and columns [x0, x1] sets rows y0 .. min(y1+1, g-1)-1
     and columns x0 .. min(x1+1, g-1)-1 (the reference clamps the exclusive end to 19 for g = 20), so the last
@@ -116,7 +116,7 @@ def box_masks(
     threshold: float = 0.79,
     grid: Optional[int] = None,
 ) -> Tensor:
-    """Box masks of every class of every image (spec 5.2), zeros for absent classes.
+    """Box masks of every class of every image (algorithm.md §5.2), zeros for absent classes.
 
     Args:
         lam: B x P x C LAM (P = g * g, row-major) or B x C x g x g maps, values in [0, 1].

@@ -1,4 +1,4 @@
-"""PAR: pixel-adaptive refinement of score maps by the image colours (spec 5.5).
+"""PAR: pixel-adaptive refinement of score maps by the image colours (algorithm.md §5.5).
 
 Every pixel x has 8 neighbours per dilation d, in the order (-d,-d), (-d,0), (-d,+d), (0,-d), (0,+d), (+d,-d),
 (+d,0), (+d,+d) as (row, column) offsets, with replicate padding at the borders. The weights are
@@ -50,7 +50,7 @@ def color_affinity(
     color_scale: float = 0.3,
     pos_weight: float = 0.01,
 ) -> Tensor:
-    """PAR neighbour weights a_k(x) (spec 5.5 steps 2-6).
+    """PAR neighbour weights a_k(x) (algorithm.md §5.5 steps 2-6).
 
     σ_c(x) is the unbiased std of the K neighbour values of channel c at x (two-pass),
     κ_k(x) = -mean_c (|I_c(x+o_k) - I_c(x)| / (σ_c(x) + 1e-8) / color_scale)^2.
@@ -96,7 +96,7 @@ def color_affinity(
 
 
 def propagate(masks: Tensor, weights: Tensor, dilations: Sequence[int], num_iter: int) -> Tensor:
-    """``num_iter`` rounds of Mask(x) <- Σ_k a_k(x) Mask(x + o_k) on all channels (spec 5.5 step 7).
+    """``num_iter`` rounds of Mask(x) <- Σ_k a_k(x) Mask(x + o_k) on all channels (algorithm.md §5.5 step 7).
 
     Args:
         masks: B x M x H x W score maps.
@@ -123,7 +123,7 @@ def propagate(masks: Tensor, weights: Tensor, dilations: Sequence[int], num_iter
 
 
 class PAR(nn.Module):
-    """Pixel-adaptive refinement (spec 5.5); batched over all channels of all images.
+    """Pixel-adaptive refinement (algorithm.md §5.5); batched over all channels of all images.
 
     Args:
         dilations: neighbour dilations (reference [1, 2, 4, 8, 12, 24]).

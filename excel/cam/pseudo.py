@@ -1,4 +1,4 @@
-"""Training-free pseudo labels (spec 5.1-5.5), batched over images with different label sets.
+"""Training-free pseudo labels (algorithm.md §5.1-5.5), batched over images with different label sets.
 
 The classes of each image are gathered into a padded class axis of width M = max number of present classes in
 the batch; padded slots are excluded from the background score and the argmax. PAR is linear and per channel,
@@ -52,7 +52,7 @@ def pseudo_label_scores(
     bg_power: float = 1.0,
     use_affinity: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Refined score stack of spec 5.1-5.5 before the argmax (what the optional CRF of spec 9.4 reads).
+    """Refined score stack of algorithm.md §5.1-5.5 (after PAR) before the argmax.
 
     Args:
         lam: B x P x C_fg LAM in [0, 1] (P = g * g).
@@ -61,7 +61,7 @@ def pseudo_label_scores(
         images: B x 3 x h x w image given to PAR as is (training: de-normalised, uint8-truncated / 255;
             evaluation: the normalised input, quirk 18). PAR resizes it to ``out_size``.
         out_size: (H, W) of the labels.
-        attn_pred: optional B x P x P Q for the layer selection of spec 5.1.
+        attn_pred: optional B x P x P Q for the layer selection of algorithm.md §5.1.
         box_threshold: CAA threshold ϑ.
         par: a PAR module (default: ``PAR()`` with the reference settings).
         affinity_layers: attention layers used for the affinity.
@@ -123,7 +123,7 @@ def make_pseudo_labels(
     bg_power: float = 1.0,
     use_affinity: bool = True,
 ) -> Tensor:
-    """Pseudo labels from the LAM and the attention stack (spec 5.1-5.5).
+    """Pseudo labels from the LAM and the attention stack (algorithm.md §5.1-5.5).
 
     Arguments as :func:`pseudo_label_scores`.
 

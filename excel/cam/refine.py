@@ -1,4 +1,4 @@
-"""Refinement of the LAM by the transition matrix, background score and upsampling (spec 5.3, 5.4)."""
+"""Refinement of the LAM by the transition matrix, background score and upsampling (algorithm.md §5.3, §5.4)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -9,11 +9,11 @@ from torch import Tensor
 
 from excel.cam.boxes import grid_side
 
-_NORM_EPS = 1e-7  # r / (1e-7 + max r) (spec 5.4 step 1)
+_NORM_EPS = 1e-7  # r / (1e-7 + max r) (algorithm.md §5.4 step 1)
 
 
 def refine_maps(trans: Tensor, lam: Tensor, box_mask: Tensor, cls_labels: Tensor) -> Tensor:
-    """r_c = 𝒯 @ (mask_c ⊙ lam_c) for every class (spec 5.3), zeros for absent classes.
+    """r_c = 𝒯 @ (mask_c ⊙ lam_c) for every class (algorithm.md §5.3), zeros for absent classes.
 
     Args:
         trans: B x P x P transition matrix.
@@ -43,7 +43,7 @@ def normalize_and_upsample(
     out_size: Sequence[int],
     bg_power: float = 1.0,
 ) -> Tensor:
-    """Min-max normalise, upsample and prepend the background score (spec 5.4).
+    """Min-max normalise, upsample and prepend the background score (algorithm.md §5.4).
 
     Each r_c <- (r_c - min r_c) / (1e-7 + max(r_c - min r_c)) on the g x g grid, then bilinear upsampling with
     half-pixel centres (align_corners=False) to ``out_size``; bg = (1 - max_c r_c) ** bg_power where the max runs

@@ -1,4 +1,4 @@
-"""Patch-text alignment maps by feature surgery (spec 1.7 and 4)."""
+"""Patch-text alignment maps by feature surgery (algorithm.md §1.7 and §4)."""
 from __future__ import annotations
 
 import torch
@@ -8,7 +8,7 @@ NORMALIZE_AXES = ("tokens", "channels")
 
 
 def normalize_tokens(tokens: Tensor, over: str = "tokens") -> Tensor:
-    """L2-normalise the projected tokens Y (spec 1.7).
+    """L2-normalise the projected tokens Y (algorithm.md §1.7).
 
     Args:
         tokens: (B, N, D) projected tokens Y (CLS first).
@@ -26,7 +26,7 @@ def normalize_tokens(tokens: Tensor, over: str = "tokens") -> Tensor:
 
 
 def feature_surgery_lam(tokens_normed: Tensor, text: Tensor, num_fg: int, temperature: float = 2.0) -> Tensor:
-    """The attribute map (LAM) from normalised tokens and the text bank (spec 4).
+    """The attribute map (LAM) from normalised tokens and the text bank (algorithm.md §4).
 
     p_b = softmax_k(t * Y[b, 0] . T_k); w_b = p_b / mean_k p_b;
     s[b, n, k] = w_bk (Y[b, n] . T_k) - (1/K) sum_k' w_bk' (Y[b, n] . T_k')   (a matrix product plus a rank-one

@@ -1,4 +1,5 @@
-"""MS COCO 2014 in VOC style (spec 10.2): labels 0..80 (0 = background), 255 = ignore, grey images -> 3 channels.
+"""MS COCO 2014 in VOC style (algorithm.md §10.2): labels 0..80 (0 = background), 255 = ignore, grey images ->
+3 channels.
 
 Two on-disk layouts are accepted and detected per subset (train / val, from the id's prefix):
 

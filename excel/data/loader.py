@@ -1,4 +1,4 @@
-"""Dataset and DataLoader builders (spec 8.3, quirk 17)."""
+"""Dataset and DataLoader builders (algorithm.md §8.3, quirk 17)."""
 from __future__ import annotations
 
 import logging

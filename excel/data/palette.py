@@ -1,4 +1,4 @@
-"""Label colours: the VOC palette (spec 9.5), colourised masks, overlays and a legend strip.
+"""Label colours: the VOC palette (algorithm.md §9.5), colourised masks, overlays and a legend strip.
 
 Index 0..20 get the standard PASCAL VOC colours, 255 (ignore) the VOC border colour, every other index grey.
 """
@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 NUM_VOC_COLOURS = 21
-GREY = (192, 192, 192)          # indices 21..254 (spec 9.5: "the rest of the palette is grey")
+GREY = (192, 192, 192)          # indices 21..254 (algorithm.md §9.5: "the rest of the palette is grey")
 IGNORE_COLOUR = (224, 224, 192)  # index 255, the colour of VOC's ignore border
 
 

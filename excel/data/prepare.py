@@ -164,7 +164,7 @@ def prepare_coco(root: str | os.PathLike, out: str | os.PathLike | None = None, 
                  cls_labels: bool = True, deep: bool = False, drop_bad: bool = False) -> PrepareReport:
     """Write COCO ``train``/``val``/``val_part`` (first ``val_part`` of val) lists and, with ``cls_labels``,
     ``cls_labels_onehot.npy`` (keyed by full name) into ``out`` (default ``<root>/lists``). Either layout of
-    spec 10.2 / the README is accepted. Raises DatasetError when no image folder is found."""
+    algorithm.md §10.2 / the README is accepted. Raises DatasetError when no image folder is found."""
     root = _need_dir(Path(root), "COCO root")
     out = Path(out) if out is not None else root / "lists"
     report = PrepareReport()

@@ -1,4 +1,4 @@
-"""Training augmentation (spec 8.4) and ImageNet normalisation (quirk 7) on numpy arrays.
+"""Training augmentation (algorithm.md §8.4) and ImageNet normalisation (quirk 7) on numpy arrays.
 
 Random draws follow the reference order and generators: python ``random`` for the rescale ratio, the flip and
 the crop boxes; numpy's global generator for the paste offset of the padded canvas.
@@ -146,7 +146,7 @@ def to_uint8_rgb(image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
 
 
 def train_transform(image: np.ndarray, label: np.ndarray, cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Spec 8.4: rescale, flip, pad + crop, normalise.
+    """algorithm.md §8.4: rescale, flip, pad + crop, normalise.
 
     Args: image (h, w, 3) uint8, label (h, w) uint8/int.
     Returns: image (3, crop, crop) float32, label (crop, crop) int64.

@@ -1,9 +1,9 @@
-"""PASCAL VOC 2012 (+SBD) segmentation dataset in the reference layout (spec 10.1), and shared file checks.
+"""PASCAL VOC 2012 (+SBD) segmentation dataset in the reference layout (algorithm.md §10.1), and shared file checks.
 
 An item is a dict: ``name`` (str), ``image`` (3, H, W) float32 ImageNet-normalised on the 0-255 scale,
 ``label`` (H, W) int64 with 255 = ignore, ``cls_label`` (C_fg,) float32 multi-hot. Stage ``train`` applies the
-augmentation of spec 8.4; ``val`` keeps the full image; ``test`` has no mask and its label is a dummy: the image's
-first (red) channel as int64, as in the reference (spec 10.1). Do not score it.
+augmentation of algorithm.md §8.4; ``val`` keeps the full image; ``test`` has no mask and its label is a dummy:
+the image's first (red) channel as int64, as in the reference (§10.1). Do not score it.
 """
 from __future__ import annotations
 

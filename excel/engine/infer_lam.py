@@ -1,4 +1,4 @@
-"""Pseudo-label inference over a whole split (spec §9.4): ``tools/infer_lam.py`` / ``infer_lam.sh``.
+"""Pseudo-label inference over a whole split (algorithm.md §9.4): ``tools/infer_lam.py`` / ``infer_lam.sh``.
 
 Training-free mode (``infer.checkpoint`` unset): plain LAM, Q = None. Checkpoint mode: the pair [x, flip x] goes
 through the model, the LVC LAM of both is max-merged and re-normalised, and Q is the pair forward's attn_pred of x.

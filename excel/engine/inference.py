@@ -1,4 +1,4 @@
-"""Segmentation inference (spec §9.2, §9.3): trained-model loading and multi-scale + flip logits."""
+"""Segmentation inference (algorithm.md §9.2, §9.3): trained-model loading and multi-scale + flip logits."""
 from __future__ import annotations
 
 import logging
@@ -59,7 +59,7 @@ def load_model_weights(model: ExCEL, state: Mapping[str, torch.Tensor], source: 
     """Check a decoder-only or full-model state dict against ``model``, then load it (``ExCEL.load_decoder_state``).
 
     ``module.`` prefixes are stripped; a full-model state (keys ``decoder.*``, ``visual.vit.*``) also restores the
-    CLIP weights except the positional embedding, which is always discarded (spec 9.2, quirk 8).
+    CLIP weights except the positional embedding, which is always discarded (algorithm.md §9.2, quirk 8).
 
     Raises:
         CheckpointError: a shape differs (another class count, backbone or decoder width), or decoder keys are
@@ -123,7 +123,7 @@ def load_trained_model(cfg: DictConfig, checkpoint: str | Path | None, device: t
 
 
 def logit_size(height: int, width: int, logit_scale: float | None) -> tuple[int, int]:
-    """Size the per-scale logits are resized to before averaging: (H, W), or (int(s H), int(s W)) (spec 9.3)."""
+    """Size of the per-scale logits before averaging: (H, W), or (int(s H), int(s W)) (algorithm.md §9.3)."""
     if logit_scale is None:
         return int(height), int(width)
     if not 0 < float(logit_scale) <= 1:
@@ -143,7 +143,7 @@ def upsample_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 @torch.no_grad()
 def multiscale_logits(model: ExCEL, image: torch.Tensor, input_size: int, scales: Sequence[float],
                       flip_at_unit_scale: bool, out_size: Sequence[int]) -> torch.Tensor:
-    """Average segmentation logits over scales and horizontal flips (spec 9.2, 9.3).
+    """Average segmentation logits over scales and horizontal flips (algorithm.md §9.2, §9.3).
 
     For every scale s the image is resized to a square of side int(input_size * s) (bilinear,
     align_corners=False) and forwarded together with its mirror. The mirrored logits are flipped back and

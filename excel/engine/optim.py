@@ -1,4 +1,4 @@
-"""AdamW with the reference's linear warm-up then poly decay (spec 8.2).
+"""AdamW with the reference's linear warm-up then poly decay (algorithm.md §8.2).
 
 The learning rate of step s (0-based, set before the update of that step):
 

@@ -4,9 +4,9 @@ Two modes:
 
 - **trained**: a checkpoint's decoder, multi-scale + flip logits as configured (``infer.scales``,
   ``infer.flip_at_unit_scale``), argmax, optionally the dense CRF (``infer.crf``);
-- **training-free** (open vocabulary): any class names; the LAM + pseudo-label pipeline of spec 9.4 (input resized
-  to ``model.input_size``, plain LAM, Q = None, ϑ = ``infer.box_threshold``, PAR on the normalised input). Its
-  image-level label vector is chosen per image:
+- **training-free** (open vocabulary): any class names; the LAM + pseudo-label pipeline of algorithm.md §9.4
+  (input resized to ``model.input_size``, plain LAM, Q = None, ϑ = ``infer.box_threshold``, PAR on the normalised
+  input). Its image-level label vector is chosen per image:
 
   * ``labels="cls"`` (default): CLIP zero-shot classification. The CLS embedding (row 0 of Y, which is CLIP's
     ordinary image embedding, L2-normalised over channels) is compared with the foreground text rows, scaled by
@@ -56,7 +56,7 @@ __all__ = ["IMAGE_SUFFIXES", "full_palette", "save_overlay", "collect_images", "
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 LABEL_MODES = ("cls", "all")
-CLUSTERS_PER_SENTENCE = 112 / 400  # the VOC ratio (spec 3.2), used to size the bank of a small knowledge base
+CLUSTERS_PER_SENTENCE = 112 / 400  # the VOC ratio (algorithm.md §3.2), used to size the bank of a small knowledge base
 
 
 # ----------------------------------------------------------------------------- colours and files

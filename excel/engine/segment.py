@@ -1,4 +1,4 @@
-"""The shared VOC / COCO segmentation inference run (spec 9.2, 9.3, 9.5).
+"""The shared VOC / COCO segmentation inference run (algorithm.md §9.2, §9.3, §9.5).
 
 ``segment(cfg, tool)`` loads a trained checkpoint, runs multi-scale + flip inference over ``infer.split`` (sharded
 over torchrun ranks, one plain process otherwise), and
@@ -11,7 +11,7 @@ over torchrun ranks, one plain process otherwise), and
   scores nothing; a rerun skips the images whose PNG exists.
 
 VOC and COCO differ only in the config: ``infer.flip_at_unit_scale`` (quirk 19) and ``infer.logit_scale``
-(COCO averages logits at 0.2x the image size, spec 9.3).
+(COCO averages logits at 0.2x the image size, algorithm.md §9.3).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def output_dir_of(cfg: DictConfig, tool: str) -> Path:
 
 
 def test_png_path(output_dir: str | Path, name: str) -> Path:
-    """Where the test-set prediction of ``name`` goes (VOC submission layout, spec 9.5)."""
+    """Where the test-set prediction of ``name`` goes (VOC submission layout, algorithm.md §9.5)."""
     return Path(output_dir) / TEST_LAYOUT / f"{name}.png"
 
 

@@ -1,4 +1,4 @@
-"""The ExCEL training loop (spec §5.7, §7, §8): frozen CLIP, on-line pseudo labels, decoder training.
+"""The ExCEL training loop (algorithm.md §5.7, §7, §8): frozen CLIP, on-line pseudo labels, decoder training.
 
 ``train(cfg)`` runs as one plain process or under torchrun (one process per device, gloo on CPU, nccl on CUDA).
 Only rank 0 logs to file and writes checkpoints. ``train.resume=auto`` continues from the newest checkpoint in the

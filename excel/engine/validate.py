@@ -1,4 +1,4 @@
-"""In-training validation (spec §8.5): single-scale segmentation and pseudo-label mIoU on the val split."""
+"""In-training validation (algorithm.md §8.5): single-scale segmentation and pseudo-label mIoU on the val split."""
 from __future__ import annotations
 
 from typing import Any

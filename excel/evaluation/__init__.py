@@ -1,4 +1,4 @@
-"""Scoring (streaming confusion-matrix mIoU, spec 9.1) and dense CRF post-processing (spec 9.2).
+"""Scoring (streaming confusion-matrix mIoU, algorithm.md §9.1) and dense CRF post-processing (algorithm.md §9.2).
 
 Names are imported on first use, so CRF worker processes (which unpickle ``excel.evaluation.crf``) skip torch.
 """

@@ -1,4 +1,5 @@
-"""Dense CRF post-processing (pydensecrf), spec 9.2 / 9.4, and a process pool to run it beside the main loop."""
+"""Dense CRF post-processing (pydensecrf, algorithm.md §9.2 / §9.4) and a process pool to run it beside the main
+loop."""
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -18,7 +19,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, iter_max: int = 10, pos_xy_s
     Args:
         image: (H, W, 3) uint8 RGB.
         probs: (C, H, W) float scores. ``unary="softmax"``: scores in [0, 1] (softmax output, or the
-            un-normalised [bg, r_c...] stack of spec 9.4) and the unary is -log(clip(p, 1e-5, 1));
+            un-normalised [bg, r_c...] stack of algorithm.md §9.4) and the unary is -log(clip(p, 1e-5, 1));
             ``unary="raw"``: ``probs`` already is the unary energy and is used as is.
         iter_max, pos_*, bi_*: kernel settings (reference: 10, sxy 1 / compat 3, sxy 67 / srgb 3 / compat 4).
     Returns:

@@ -1,4 +1,4 @@
-"""Streaming confusion matrix and the mIoU of spec 9.1.
+"""Streaming confusion matrix and the mIoU of algorithm.md §9.1.
 
 Rows are ground truth, columns predictions. Only pixels with 0 <= gt < C are counted (255 is ignored).
 """

@@ -1,4 +1,4 @@
-"""The trainable decoder (spec 6): fusion head over all CLIP layers, transformer decoder, attn_pred.
+"""The trainable decoder (algorithm.md §6): fusion head over all CLIP layers, transformer decoder, attn_pred.
 
 Only these parameters are trained. Shapes: L layers, B batch, N = 1 + P tokens (token 0 is CLS),
 P = g * g patches (row-major), W the visual width, E the decoder width, C the classes with background.
@@ -39,7 +39,7 @@ def _grid_side(num_patches: int, what: str) -> int:
 
 
 def attn_pred(fused: Tensor, per_sample: bool = False) -> Tensor:
-    """Predicted affinity P = sigmoid(3 (G - mean G)) with G the cosine Gram matrix of the patches (spec 6.3).
+    """Predicted affinity P = sigmoid(3 (G - mean G)) with G the cosine Gram matrix of the patches (algorithm.md §6.3).
 
     Args:
         fused: (B, E, g, g) fused decoder feature f.
@@ -57,7 +57,7 @@ def attn_pred(fused: Tensor, per_sample: bool = False) -> Tensor:
 
 
 class FusionHead(nn.Module):
-    """SegFormer-style fusion of all L layers (spec 6.1).
+    """SegFormer-style fusion of all L layers (algorithm.md §6.1).
 
     Per layer a token-wise MLP Linear(W -> E) -> ReLU -> Linear(E -> E) (L separate MLPs, stored stacked and run
     as one batched matmul), concatenation in layer order (channel l * E + e), 1x1 conv (L*E -> E, bias),
@@ -130,7 +130,7 @@ class DecoderBlock(nn.Module):
 
 
 class TransformerDecoder(nn.Module):
-    """``depth`` pre-LN blocks over the g * g tokens of f, no final LN (spec 6.2)."""
+    """``depth`` pre-LN blocks over the g * g tokens of f, no final LN (algorithm.md §6.2)."""
 
     def __init__(self, dim: int = 256, depth: int = 3, num_heads: int = 8, mlp_ratio: float = 4) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""The full ExCEL model: frozen calibrated CLIP + fixed text bank + trainable decoder (spec 1-6, 12).
+"""The full ExCEL model: frozen calibrated CLIP + fixed text bank + trainable decoder (algorithm.md §1-6, §12).
 
 ``build_model(cfg)`` owns every hyperparameter; ``ExCEL`` only holds built parts. Only the decoder is trained.
 """
@@ -27,8 +27,8 @@ FROZEN_AUTOCAST = ("none", "bf16")
 class EncodeOutput:
     """The frozen part of one pass.
 
-    lam: (B, P, C_fg) attribute map in [0, 1] (spec 4); attn: (L, B, N, N) reported attention stack;
-    features: (L, B, N, W) decoder inputs; dense: (B, N, D) normalised tokens (spec 1.7); visual: the raw
+    lam: (B, P, C_fg) attribute map in [0, 1] (algorithm.md §4); attn: (L, B, N, N) reported attention stack;
+    features: (L, B, N, W) decoder inputs; dense: (B, N, D) normalised tokens (algorithm.md §1.7); visual: the raw
     VisualOutput (new_tokens and lvc_basis feed ``ExCEL.calibrated_lam``).
     """
 
@@ -98,7 +98,7 @@ class ExCEL(nn.Module):
         return self
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """The decoder's parameters: the only trained ones (spec 8.2)."""
+        """The decoder's parameters: the only trained ones (algorithm.md §8.2)."""
         return self.decoder.parameters()
 
     def decoder_state_dict(self) -> dict[str, Tensor]:
@@ -113,7 +113,7 @@ class ExCEL(nn.Module):
         """Load trained weights from ``decoder_state_dict()`` or from a full ``state_dict()``.
 
         A full state dict (``decoder.*`` and ``visual.vit.*`` keys) also restores the CLIP weights, except the
-        positional table, which is always rebuilt from the config and ``mode`` (spec 1.2, quirk 8).
+        positional table, which is always rebuilt from the config and ``mode`` (algorithm.md §1.2, quirk 8).
         """
         if not any(k.startswith("decoder.") for k in state):
             return self.decoder.load_state_dict(state, strict=strict)
@@ -153,7 +153,7 @@ class ExCEL(nn.Module):
 
     @torch.no_grad()
     def calibrated_lam(self, out: EncodeOutput | ForwardOutput, fused: Tensor) -> Tensor:
-        """The LVC LAM (spec 5.6) without a second CLIP pass (spec 12).
+        """The LVC LAM (algorithm.md §5.6) without a second CLIP pass (algorithm.md §12).
 
         E = lvc_bias(fused.detach()); the new-path tokens get c * E @ lvc_basis on their patch rows (c = heads
         with the faithful head sum, 1 with head mean); then projection, normalisation and feature surgery.
@@ -210,7 +210,7 @@ def build_model(cfg: Any, clip_model: nn.Module | None = None, mode: str = "trai
             Its visual tower is reused (not copied) and frozen; its positional table is never modified.
         mode: the split name of the reference's ``mode``: when it contains "train" and
             ``model.clip.permanent_pos_resize`` is true, the stored positional table is resized to
-            input_size / 16 for good (spec 1.2, quirk 8).
+            input_size / 16 for good (algorithm.md §1.2, quirk 8).
     Returns:
         ExCEL on the device of ``clip_model`` (CPU when loaded here); move it with ``.to(device)``.
     """
@@ -229,7 +229,7 @@ def build_model(cfg: Any, clip_model: nn.Module | None = None, mode: str = "trai
         raise ValueError(f"model.input_size={input_size} is not a multiple of the patch size {patch}")
     if "train" in mode and clip_cfg.permanent_pos_resize:
         visual.resize_pos_embed_(input_size // patch)
-        log.info("mode %r: positional table permanently resized to %dx%d (spec 1.2)", mode, visual.pos_grid,
+        log.info("mode %r: positional table permanently resized to %dx%d (algorithm.md §1.2)", mode, visual.pos_grid,
                  visual.pos_grid)
     text_bank = build_text_bank_from_config(cfg, clip_model, tokenizer)
     decoder = build_decoder(cfg, in_dim=visual.width, num_layers=visual.num_layers).to(text_bank.device)

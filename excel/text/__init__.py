@@ -1,4 +1,4 @@
-"""Text side: prompt encoding, the text bank and TSE (spec 2, 3).
+"""Text side: prompt encoding, the text bank and TSE (algorithm.md §2, §3).
 
 bank.py (prompts, TSE aggregation, text bank) is owned by the core engineer; knowledge.py and cluster_bank.py
 (knowledge bases, cluster banks) by the TSE engineer, who adds further exports of those files here.

@@ -1,4 +1,4 @@
-"""The text bank T (K x D): prompt encoding (spec 2.1) and TSE attribute aggregation (spec 3.3)."""
+"""The text bank T (K x D): prompt encoding (algorithm.md §2.1) and TSE attribute aggregation (algorithm.md §3.3)."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 @torch.no_grad()
 def encode_prompts(clip_model: nn.Module, tokenizer: Callable[[list[str]], Tensor], names: Sequence[str],
                    templates: Sequence[str]) -> Tensor:
-    """Prompt-ensemble text embeddings (spec 2.1).
+    """Prompt-ensemble text embeddings (algorithm.md §2.1).
 
     For each name: encode ``template.format(name)`` for every template, L2-normalise each, average over the
     templates, L2-normalise again. All prompts go through the text tower in one batch.
@@ -45,7 +45,7 @@ def num_masked(num_clusters: int, top_k: float) -> int:
 
 
 def tse_aggregate(fg: Tensor, centers: Tensor, top_k: float = 0.9) -> Tensor:
-    """Enrich each foreground text with its attribute mix (spec 3.3 steps 1-5).
+    """Enrich each foreground text with its attribute mix (algorithm.md §3.3 steps 1-5).
 
     Logits fg @ A; the m = int((1 - top_k) J) smallest logits of every class row are set to -inf; alpha =
     softmax over the J clusters; result = alpha @ A^T + fg (residual on the unit text, not normalised).
@@ -75,7 +75,7 @@ def tse_aggregate(fg: Tensor, centers: Tensor, top_k: float = 0.9) -> Tensor:
 
 
 def build_text_bank(fg: Tensor, bg: Tensor, centers: Tensor | None = None, top_k: float = 0.9) -> Tensor:
-    """The text bank T (spec 3.3 step 6): rownorm(concat[fg rows (TSE-enriched when centers given), bg rows]).
+    """The text bank T (algorithm.md §3.3 step 6): rownorm(concat[fg rows (TSE-enriched when centers given), bg rows]).
 
     Args:
         fg: (C_fg, D) unit foreground prompt embeddings; bg: (K - C_fg, D) unit background ones.

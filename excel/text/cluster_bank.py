@@ -1,4 +1,4 @@
-"""Cluster banks for Text Semantic Enrichment (spec 3.2).
+"""Cluster banks for Text Semantic Enrichment (algorithm.md §3.2).
 
 A cluster bank is the KMeans codebook of the knowledge-base sentence embeddings, stored in the authors' format:
 a torch-pickled list ``[centers (D, J) float32, flags (C_fg, J) float32]`` where ``centers`` are the KMeans
@@ -137,7 +137,7 @@ def encode_sentences(clip_model: torch.nn.Module, tokenizer: Callable[[list[str]
 
 def kmeans_bank(embeddings: Tensor, labels: Tensor, num_classes: int, num_clusters: int, seed: int = 0,
                 n_init: int = 10) -> tuple[Tensor, Tensor]:
-    """KMeans codebook of sentence embeddings (spec 3.2 fallback generation).
+    """KMeans codebook of sentence embeddings (algorithm.md §3.2 fallback generation).
 
     Args:
         embeddings: (S, D) unit rows. labels: (S,) class index of each sentence in [0, num_classes).

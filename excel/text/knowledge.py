@@ -1,4 +1,4 @@
-"""Knowledge bases for Text Semantic Enrichment (spec 3.1).
+"""Knowledge bases for Text Semantic Enrichment (algorithm.md §3.1).
 
 A knowledge base is a JSON object ``{plain class name: [sentence, ...]}``; each sentence reads
 "a clean origami {class}. {attribute}". Both this project's files (``excel/knowledge/*.json``) and the
@@ -177,7 +177,7 @@ def _strip_llm_line(line: str) -> str:
 
 def convert_llm_text(text: str, class_names: Sequence[str], prefix_template: str = DEFAULT_PREFIX,
                      per_class: int = 20, skip_before: int = 2, skip_after: int = 2) -> dict[str, list[str]]:
-    """Convert the authors' raw LLM text layout into a knowledge base (spec 3.1).
+    """Convert the authors' raw LLM text layout into a knowledge base (algorithm.md §3.1).
 
     For each class in order the text holds ``skip_before`` header lines, ``per_class`` description lines
     (each possibly quoted and ending in ``",``) and ``skip_after`` trailer lines. Each description becomes

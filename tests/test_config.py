@@ -19,13 +19,15 @@ def test_merge_order_base_file_overrides():
     assert len(cfg.data.class_names) == 20 and len(cfg.data.background_names) == 25
 
 
-def test_coco_values_from_spec():
+def test_coco_values_match_the_reference():
     cfg = load_config(CONFIGS / "coco.yaml")
     assert len(cfg.data.class_names) == len(cfg.data.prompt_names) == 80
     assert len(cfg.data.background_names) == 23
     assert cfg.cam.box_threshold == 0.88 and cfg.lvc.start_iter == 30000 and cfg.train.max_iters == 100000
     assert cfg.train.aff_label_switch_iter is None and cfg.infer.flip_at_unit_scale is True
     assert cfg.eval.split == "val_part" and cfg.infer.logit_scale == 0.2
+    # the reference's COCO tool scores the dense-CRF labels; VOC keeps the CRF off unless asked
+    assert cfg.infer.crf is True and load_config(CONFIGS / "voc.yaml").infer.crf is False
 
 
 def test_unknown_key_in_override_is_named():

@@ -3,6 +3,8 @@
     python tools/prepare_voc.py --root data/VOC2012 [--sbd-root data/SBD/dataset] [--out data/VOC2012/lists]
 
 train_aug = (SBD train + val, or every mask in <root>/SegmentationClassAug) + VOC train - VOC val - VOC test.
+Image-level labels (cls_labels_onehot.npy) list every object of <root>/Annotations/<id>.xml when that folder exists
+(the field's usual label file), else the classes in the masks; the report names the images where the two disagree.
 Exit code 0 when all is well, 1 when files are missing or bad (nothing written unless --drop-bad), 2 when a
 folder is missing.
 """

@@ -5,20 +5,26 @@ Nothing is written when a problem is found, unless ``drop_bad`` (then the bad id
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from excel.data.coco import PREFIXES, coco_label_path, find_coco_folders
+from excel.data.synthetic import VOC_CLASSES
 from excel.data.voc import DatasetError, load_image, load_label, multi_hot, read_list, save_cls_labels
 from excel.utils.io import atomic_write_text
 
+log = logging.getLogger(__name__)
+
 VOC_LISTS = ("train", "val", "test", "trainval")
+ANNOTATION_DIR = "Annotations"  # VOC's per-image XML files (every object's class name)
 
 
 @dataclass
@@ -28,6 +34,8 @@ class PrepareReport:
     written: dict[str, int] = field(default_factory=dict)
     problems: dict[str, dict[str, str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # list name -> ids left out on purpose (no object)
+    disagreements: dict[str, str] = field(default_factory=dict)  # id -> how its XML and mask labels differ
 
     @property
     def ok(self) -> bool:
@@ -114,8 +122,12 @@ def _need_dir(path: Path, what: str) -> Path:
 def prepare_voc(root: str | os.PathLike, out: str | os.PathLike | None = None,
                 sbd_root: str | os.PathLike | None = None, image_dir: str = "JPEGImages",
                 label_dir: str = "SegmentationClassAug", num_classes: int = 20, deep: bool = False,
-                drop_bad: bool = False) -> PrepareReport:
+                drop_bad: bool = False, class_names: Sequence[str] | None = None) -> PrepareReport:
     """Write VOC lists and ``cls_labels_onehot.npy`` into ``out`` (default ``<root>/lists``).
+
+    Image-level labels come from ``<root>/Annotations/<id>.xml`` (every object's name, in ``class_names`` order,
+    default the 20 VOC classes) when that folder exists, as in the field's usual label file, else from the masks
+    (see :func:`annotation_labels`).
 
     ``train_aug`` = (SBD ids | VOC train) - VOC val - VOC test, where the SBD ids are ``<sbd_root>/{train,val}.txt``
     (both, as in the usual 10582-image set), or the ids of ``<sbd_root>/SegmentationClassAug/*.png``, or, without
@@ -155,16 +167,102 @@ def prepare_voc(root: str | os.PathLike, out: str | os.PathLike | None = None,
     labels = _scan(report, with_masks, lambda n: images / f"{n}.jpg", lambda n: masks / f"{n}.png",
                    num_classes, deep, read_masks=True)
     _scan(report, sorted(test), lambda n: images / f"{n}.jpg", None, num_classes, deep, read_masks=False)
+    labels = annotation_labels(root / ANNOTATION_DIR, labels, class_names, report)
     _write(out, lists, labels, report, drop_bad)
     return report
 
 
+def _xml_object_names(path: Path) -> list[str]:
+    """The ``<object><name>`` of every object in a VOC annotation file (parts' names excluded)."""
+    try:
+        tree = ET.parse(path)
+    except (ET.ParseError, OSError) as err:
+        raise DatasetError(f"cannot read annotation {path}: {err}") from err
+    return [(obj.findtext("name") or "").strip() for obj in tree.getroot().findall("object")]
+
+
+def _label_diff(xml: np.ndarray, mask: np.ndarray, names: Sequence[str]) -> str:
+    only_xml = [names[c] for c in np.flatnonzero((xml > 0) & (mask == 0))]
+    only_mask = [names[c] for c in np.flatnonzero((mask > 0) & (xml == 0))]
+    return f"XML only: {', '.join(only_xml) or '-'}; mask only: {', '.join(only_mask) or '-'}"
+
+
+def annotation_labels(folder: Path, mask_labels: dict[str, np.ndarray], class_names: Sequence[str] | None,
+                      report: PrepareReport) -> dict[str, np.ndarray]:
+    """Image-level labels from VOC XML annotations, falling back to the mask-derived ``mask_labels``.
+
+    With ``folder`` present, an id's label marks every class named by an ``<object>`` of ``<folder>/<id>.xml``
+    (difficult and truncated objects included); ids without an XML file keep their mask label. The ids whose XML
+    and mask labels differ go to ``report.disagreements``; an unreadable file or an unknown object name is a
+    problem ("bad annotations"). Without the folder, or without class names for the mask's class count, the mask
+    labels are returned as they are, with a note.
+
+    Args:
+        folder: ``<root>/Annotations``.
+        mask_labels: id -> float32 (C_fg,) multi-hot from the masks (also fixes C_fg).
+        class_names: the C_fg names, in label order; None = the 20 VOC classes when C_fg is 20.
+    Returns:
+        id -> float32 (C_fg,) multi-hot, for the ids of ``mask_labels``.
+    """
+    if not folder.is_dir():
+        note = f"image-level labels: from the masks (no {folder} folder)"
+        log.info(note)
+        report.notes.append(note)
+        return mask_labels
+    num_classes = len(next(iter(mask_labels.values()))) if mask_labels else len(class_names or VOC_CLASSES)
+    names = list(class_names) if class_names is not None else list(VOC_CLASSES)
+    if len(names) != num_classes:
+        note = (f"image-level labels: from the masks ({folder} holds class names, but {len(names)} names are known "
+                f"for {num_classes} classes)")
+        log.info(note)
+        report.notes.append(note)
+        return mask_labels
+    index = {n: i for i, n in enumerate(names)}
+    labels, from_masks = {}, []
+    for name, mask_label in mask_labels.items():
+        path = folder / f"{name}.xml"
+        if not path.is_file():
+            labels[name] = mask_label
+            from_masks.append(name)
+            continue
+        try:
+            objects = _xml_object_names(path)
+        except DatasetError as err:
+            report.add("bad annotations", name, str(err))
+            continue
+        unknown = sorted({o for o in objects if o not in index})
+        if unknown:
+            report.add("bad annotations", name, f"{path}: object names {unknown} are not among the {num_classes} "
+                                                f"classes ({', '.join(names[:4])}, ...)")
+            continue
+        label = np.zeros(num_classes, dtype=np.float32)
+        label[[index[o] for o in objects]] = 1.0
+        labels[name] = label
+        if not np.array_equal(label, mask_label):
+            report.disagreements[name] = _label_diff(label, mask_label, names)
+    report.notes.append(f"image-level labels: from {folder} for {len(labels) - len(from_masks)} images"
+                        + (f", from the masks for {len(from_masks)} without an XML file (first: "
+                           f"{', '.join(from_masks[:3])})" if from_masks else ""))
+    if report.disagreements:
+        first = list(report.disagreements)[:3]
+        report.notes.append(f"XML and mask labels disagree on {len(report.disagreements)} images (the XML ones are "
+                            f"written): " + "; ".join(f"{n}: {report.disagreements[n]}" for n in first))
+    else:
+        report.notes.append("XML and mask labels agree on every image")
+    return labels
+
+
 def prepare_coco(root: str | os.PathLike, out: str | os.PathLike | None = None, image_dir: str = "JPEGImages",
                  label_dir: str = "SegmentationClass", num_classes: int = 80, val_part: int = 5000,
-                 cls_labels: bool = True, deep: bool = False, drop_bad: bool = False) -> PrepareReport:
+                 cls_labels: bool = True, deep: bool = False, drop_bad: bool = False,
+                 keep_empty: bool = False) -> PrepareReport:
     """Write COCO ``train``/``val``/``val_part`` (first ``val_part`` of val) lists and, with ``cls_labels``,
     ``cls_labels_onehot.npy`` (keyed by full name) into ``out`` (default ``<root>/lists``). Either layout of
-    algorithm.md §10.2 / the README is accepted. Raises DatasetError when no image folder is found."""
+    algorithm.md §10.2 / the README is accepted. Raises DatasetError when no image folder is found.
+
+    The lists hold only images with at least one annotated object, i.e. a foreground pixel (1..num_classes) in
+    the mask, as the standard lists do (82,081 train and 40,137 val images); ``keep_empty`` keeps the others.
+    The dropped ids are in ``report.dropped`` and counted in the notes."""
     root = _need_dir(Path(root), "COCO root")
     out = Path(out) if out is not None else root / "lists"
     report = PrepareReport()
@@ -182,9 +280,11 @@ def prepare_coco(root: str | os.PathLike, out: str | os.PathLike | None = None, 
         if not names:
             raise DatasetError(f"no {prefix}*.jpg images in {image_folder}")
         report.notes.append(f"{subset}: {len(names)} images in {image_folder}, masks in {label_folder}")
-        lists[subset] = names
-        labels.update(_scan(report, names, lambda n, f=image_folder: f / f"{n}.jpg",
-                            lambda n, f=label_folder: coco_label_path(f, n), num_classes, deep, cls_labels))
+        found = _scan(report, names, lambda n, f=image_folder: f / f"{n}.jpg",
+                      lambda n, f=label_folder: coco_label_path(f, n), num_classes, deep,
+                      read_masks=cls_labels or not keep_empty)
+        lists[subset] = _without_empty(report, subset, names, found, keep_empty)
+        labels.update({n: found[n] for n in lists[subset] if n in found})
     if not lists:
         raise DatasetError(f"no COCO image folder under {root}: expected {image_dir}/{{train,val}}/ or "
                            f"{{train,val}}2014/")
@@ -192,6 +292,22 @@ def prepare_coco(root: str | os.PathLike, out: str | os.PathLike | None = None, 
         lists["val_part"] = lists["val"][:val_part]
     _write(out, lists, labels if cls_labels else None, report, drop_bad)
     return report
+
+
+def _without_empty(report: PrepareReport, subset: str, names: list[str], labels: dict[str, np.ndarray],
+                    keep_empty: bool) -> list[str]:
+    """``names`` without the ids whose mask has no foreground pixel (unless ``keep_empty``), with a note."""
+    empty = [n for n in names if n in labels and not labels[n].any()]
+    if keep_empty:
+        if empty:
+            report.notes.append(f"{subset}: kept {len(empty)} images without any annotated object (--keep-empty)")
+        return names
+    report.dropped[subset] = empty
+    report.notes.append(f"{subset}: dropped {len(empty)} of {len(names)} images without any annotated object (no "
+                        f"foreground pixel in the mask; the standard lists leave them out; --keep-empty keeps them)"
+                        + (f", first: {', '.join(empty[:3])}" if empty else ""))
+    gone = set(empty)
+    return [n for n in names if n not in gone]
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, image_dir: str, label_dir: str) -> None:

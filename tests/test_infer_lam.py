@@ -52,7 +52,8 @@ def test_infer_lam_sh_writes_labels_overlays_crf_and_table(mini_voc, tmp_path):
 
 
 def test_checkpoint_mode_lam_is_flip_merged_and_renormalised(seg_checkpoint):
-    """§9.4: LAM = max(LAM_x, unflip LAM_flip), then per class (lam - min) / (max + 1e-5); Q from the pair."""
+    """algorithm.md §9.4: LAM = max(LAM_x, unflip LAM_flip), then per class (lam - min) / (max + 1e-5); Q is
+    attn_pred of the plain forward of x alone (not of the pair, whose batch mean sees the mirror)."""
     cfg = load_config(TINY, seg_checkpoint["overrides"])
     model = load_trained_model(cfg, seg_checkpoint["path"], torch.device("cpu"), mode="train")
     torch.manual_seed(0)
@@ -66,7 +67,10 @@ def test_checkpoint_mode_lam_is_flip_merged_and_renormalised(seg_checkpoint):
     torch.testing.assert_close(lam[0], expected)
     assert lam.min() == 0 and lam.max() < 1
     torch.testing.assert_close(attn, out.attn[:, :1])
-    torch.testing.assert_close(q, out.attn_pred[:1])
+    alone = model(x)
+    torch.testing.assert_close(q, alone.attn_pred)
+    torch.testing.assert_close(attn, alone.attn)
+    assert (q - out.attn_pred[:1]).abs().max() > 1e-3  # the pair's Q differs (quirk 9): the test can tell them apart
     # a mirror-symmetric image gives a mirror-symmetric merged LAM
     sym = torch.cat([x[..., :32], x[..., :32].flip(-1)], dim=-1)
     lam_sym, _, _ = lam_inputs(model, sym, with_checkpoint=True)
@@ -105,3 +109,62 @@ def test_batched_training_free_forward_gives_the_same_labels(mini_voc, tmp_path)
     assert one["num_images"] == three["num_images"] == 8 and one["miou"] == pytest.approx(three["miou"], abs=1e-12)
     for png in sorted((out1 / "pseudo_labels").glob("*.png")):
         assert np.array_equal(np.array(Image.open(png)), np.array(Image.open(out3 / "pseudo_labels" / png.name)))
+
+
+def _reference_image(model, item: dict, cfg, with_checkpoint: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image step by step (algorithm.md §9.4): (labels after PAR, CRF labels from the scores before PAR, CRF
+    labels from the scores after PAR, which is what the CRF must *not* read)."""
+    from excel.cam import PAR, build_par, pseudo_label_kwargs, pseudo_label_scores
+    from excel.data.transforms import to_uint8_rgb
+    from excel.engine.validate import resize_square
+    from excel.evaluation import crf_params, dense_crf
+
+    x = resize_square(item["image"][None], int(cfg.model.input_size))
+    with torch.no_grad():
+        if with_checkpoint:
+            pair = model(torch.cat([x, x.flip(-1)]))
+            both = model.calibrated_lam(pair, pair.fused)
+            g, c = int(round(both.shape[1] ** 0.5)), both.shape[-1]
+            lam = torch.maximum(both[:1], both[1:].view(1, g, g, c).flip(2).reshape(1, g * g, c))
+            lam = lam - lam.amin(1, keepdim=True)
+            lam = lam / (lam.amax(1, keepdim=True) + 1e-5)
+            alone = model(x)  # Q from the plain forward of x by itself
+            attn, q = alone.attn, alone.attn_pred
+        else:
+            enc = model.encode(x)
+            lam, attn, q = enc.lam, enc.attn, None
+        before_par = pseudo_label_kwargs(cfg, cfg.infer.box_threshold, PAR(num_iter=0))  # zero rounds: unrefined
+        raw, lut = pseudo_label_scores(lam, attn, item["cls_label"][None], x, tuple(item["label"].shape),
+                                       attn_pred=q, **before_par)
+        refined = build_par(cfg)(x, raw)
+    rgb, params, lut = to_uint8_rgb(item["image"], cfg.data.augment.mean, cfg.data.augment.std), \
+        crf_params(cfg.infer.crf_params), lut[0].numpy()
+    labels = lut[refined[0].argmax(0).numpy()]
+    crf = lut[dense_crf(rgb, raw[0].numpy(), **params).argmax(0)]
+    crf_after_par = lut[dense_crf(rgb, refined[0].numpy(), **params).argmax(0)]
+    return labels, crf, crf_after_par
+
+
+@pytest.mark.parametrize("mode", ["training-free", "checkpoint"])
+def test_labels_and_crf_match_per_image_references(mini_voc, seg_checkpoint, tmp_path, mode):
+    """Every written label and CRF label equals the per-image reference: Q from x alone (checkpoint mode) and the
+    CRF on the [bg, r_c] stack before PAR (both modes)."""
+    from excel.data import build_dataset
+    from excel.engine.infer_lam import run_infer_lam
+
+    ckpt = seg_checkpoint["path"] if mode == "checkpoint" else None
+    out = tmp_path / mode
+    cfg = load_config(TINY, [*seg_checkpoint["overrides"], f"infer.output_dir={out}", "infer.split=val",
+                             "infer.crf=true", "infer.crf_workers=0", f"infer.checkpoint={ckpt or 'null'}"])
+    summary = run_infer_lam(cfg)
+    assert summary["mode"] == mode and summary["num_images"] == 4
+    model = load_trained_model(cfg, ckpt, torch.device("cpu"), mode="val")
+    unlike_after_par = 0
+    for item in build_dataset(cfg, "val", stage="val"):
+        labels, crf, crf_after_par = _reference_image(model, item, cfg, with_checkpoint=ckpt is not None)
+        written = np.array(Image.open(out / "pseudo_labels" / f"{item['name']}.png"))
+        written_crf = np.array(Image.open(out / "pseudo_labels_crf" / f"{item['name']}.png"))
+        np.testing.assert_array_equal(written, labels)
+        np.testing.assert_array_equal(written_crf, crf)
+        unlike_after_par += int((crf != crf_after_par).sum())
+    assert unlike_after_par > 0  # the CRF input matters: scores after PAR would give other labels

@@ -1,7 +1,8 @@
 """Pseudo-label inference over a whole split (algorithm.md §9.4): ``tools/infer_lam.py`` / ``infer_lam.sh``.
 
 Training-free mode (``infer.checkpoint`` unset): plain LAM, Q = None. Checkpoint mode: the pair [x, flip x] goes
-through the model, the LVC LAM of both is max-merged and re-normalised, and Q is the pair forward's attn_pred of x.
+through the model, the LVC LAM of both is max-merged and re-normalised, and Q is attn_pred of the plain forward of x
+alone. With ``infer.crf`` the CRF reads the [bg, r_c...] scores before PAR (algorithm.md §9.4).
 The split is sharded over ranks, the confusion matrices are all-reduced, labels are written as VOC-palette PNGs
 (atomically), and a rerun skips images whose PNGs exist (their files are scored instead).
 """
@@ -29,7 +30,7 @@ from excel.engine.train import work_dir_of
 from excel.engine.validate import eval_loader, resize_square
 from excel.errors import UsageError
 from excel.evaluation import ConfusionMatrix, CRFPool
-from excel.model import ExCEL
+from excel.model import ExCEL, attn_pred
 from excel.utils.io import atomic_path, atomic_save_png, atomic_write_json
 from excel.utils.logging import setup_logging
 
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 def lam_inputs(model: ExCEL, x: torch.Tensor, with_checkpoint: bool) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """LAM (B,P,C_fg), attention stack (L,B,N,N) and Q (B,P,P) or None for a batch of resized images x (B,3,S,S).
 
-    Training-free: the plain LAM and no Q. With a checkpoint (B must be 1): §9.4's flip pair and LVC.
+    Training-free: the plain LAM and no Q. With a checkpoint (B must be 1), algorithm.md §9.4: the LVC LAM of the
+    flip pair, and Q = attn_pred of the plain forward of x alone (its mean over x's own Gram matrix, not the pair's).
     """
     if not with_checkpoint:
         enc = model.encode(x)
@@ -55,7 +57,16 @@ def lam_inputs(model: ExCEL, x: torch.Tensor, with_checkpoint: bool) -> tuple[to
     lam = torch.maximum(lam_pair[:1], flipped_back)
     lam = lam - lam.amin(dim=1, keepdim=True)
     lam = lam / (lam.amax(dim=1, keepdim=True) + 1e-5)
-    return lam, out.attn[:, :1], out.attn_pred[:1]
+    # the decoder works image by image, so x's fused feature is the pair's first one; only attn_pred's batch mean
+    # (quirk 9) would see the mirror, hence Q is recomputed on x alone
+    return lam, out.attn[:, :1], attn_pred(out.fused[:1])
+
+
+class _NoPAR(torch.nn.Module):
+    """Stands in for PAR when the scores before PAR are wanted (the CRF input of algorithm.md §9.4)."""
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor, num_channels: Any = None) -> torch.Tensor:
+        return masks
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -126,11 +137,13 @@ class _LamRun:
         label = item["label"].to(self.device)
         cls_label = item["cls_label"].to(self.device)
         if self.pool is not None:
-            scores, lut = pseudo_label_scores(lam, attn, cls_label, x, label.shape[-2:], attn_pred=q, **self.kwargs)
-            pred = lut.gather(1, scores.argmax(1).view(1, -1)).view_as(label)
-            valid = torch.isfinite(scores[0, :, 0, 0])
-            self.pool.submit(to_uint8_rgb(image[0], self.mean, self.std), scores[0, valid].cpu().numpy(),
-                             (name, lut[0, valid].cpu().numpy(), label.cpu()))
+            # one image, so no padded class slots: the labels are the argmax after PAR, the CRF gets the un-PAR'd
+            # [bg, r_c...] stack, not soft-maxed (algorithm.md §9.4)
+            kwargs = dict(self.kwargs, par=_NoPAR())
+            raw, lut = pseudo_label_scores(lam, attn, cls_label, x, label.shape[-2:], attn_pred=q, **kwargs)
+            pred = lut.gather(1, self.par(x, raw).argmax(1).view(1, -1)).view_as(label)
+            self.pool.submit(to_uint8_rgb(image[0], self.mean, self.std), raw[0].cpu().numpy(),
+                             (name, lut[0].cpu().numpy(), label.cpu()))
         else:
             pred = make_pseudo_labels(lam, attn, cls_label, x, label.shape[-2:], attn_pred=q, **self.kwargs)
         self.cm.update(pred, label)

@@ -5,8 +5,9 @@
     torchrun --nproc_per_node=2 tools/infer_lam.py infer.checkpoint=work_dirs/voc/checkpoints/iter_0030000.pth
     bash infer_lam.sh tools/infer_lam.py 0 1 train "" infer.crf=true infer.save_overlays=true
 
-Writes <output_dir>/pseudo_labels/<id>.png (VOC palette), optional CRF labels and overlays, results.json and a
-log with the per-class table. A rerun skips images whose labels exist.
+Writes <output_dir>/pseudo_labels/<id>.png (VOC palette), optional CRF labels and overlays, results.json, a
+log with the per-class table, and report.html (table, confusion heat map, worst images first; open it in a
+browser). A rerun skips images whose labels exist.
 """
 from __future__ import annotations
 

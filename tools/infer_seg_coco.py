@@ -8,6 +8,7 @@ infer.save_overlays=true asks for overlays).
     torchrun --nproc_per_node=4 tools/infer_seg_coco.py data.root=... infer.checkpoint=... infer.crf=true
     bash infer_seg_coco.sh tools/infer_seg_coco.py 0,1 2 val /path/to/checkpoint.pth data.root=...
 The split scored is infer.split (default val; configs/coco.yaml scores data.val_split=val_part during training).
+<output_dir>/report.html shows the per-class table, the confusion heat map and the images, worst first.
 """
 from __future__ import annotations
 

@@ -7,10 +7,12 @@ torchrun (the images are sharded over the processes; gloo on CPU):
     torchrun --nproc_per_node=2 tools/infer_seg_voc.py data.root=... infer.checkpoint=... infer.crf=true
 Test set (palette PNGs in <output_dir>/results/VOC2012/Segmentation/comp6_test_cls/, nothing scored):
     python tools/infer_seg_voc.py data.root=... data.test_root=/data/VOC2012_test infer.split=test infer.checkpoint=...
-or with the seed's wrapper:
+or with the reference's wrapper:
     bash infer_seg_voc.sh tools/infer_seg_voc.py 0 1 val /path/to/checkpoint.pth infer.crf=true data.root=...
 Keys: infer.scales, infer.flip_at_unit_scale, infer.crf, infer.crf_params, infer.crf_workers, infer.save_logits,
-infer.save_overlays, infer.output_dir (default <run.work_dir>/infer_seg_voc_<split>), eval.max_images.
+infer.save_overlays, infer.output_dir (default <run.work_dir>/infer_seg_voc_<split>), eval.max_images,
+infer.report_max_images. <output_dir>/report.html shows the per-class table, the confusion heat map and the images,
+worst first; open it in a browser.
 """
 from __future__ import annotations
 

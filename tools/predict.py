@@ -11,7 +11,7 @@ the text bank holds the plain prompts. Which classes are "present" in an image: 
 whose CLIP zero-shot probability over the given classes is >= --cls-threshold (the top class always);
 --labels all marks every given class present. Trailing key=value arguments override config keys
 (e.g. run.device=cpu infer.scales=[1.0]). Outputs: <out>/labels/*.png, <out>/overlays/*.png, classes.json,
-predictions.json.
+predictions.json, report.html (open it in a browser).
 """
 from __future__ import annotations
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
@@ -30,9 +29,11 @@ from excel.engine.train import work_dir_of
 from excel.engine.validate import eval_loader, resize_square
 from excel.errors import UsageError
 from excel.evaluation import ConfusionMatrix, CRFPool
+from excel.evaluation.report import Gallery
 from excel.model import ExCEL, attn_pred
 from excel.utils.io import atomic_path, atomic_save_png, atomic_write_json
 from excel.utils.logging import setup_logging
+from excel.utils.vis import heat_overlay
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +77,15 @@ def _read_png(path: Path) -> np.ndarray:
 def _cam_overlays(folder: Path, name: str, image: np.ndarray, lam: torch.Tensor, cls_label: torch.Tensor,
                   class_names: list[str]) -> None:
     """One JPEG per present class: the LAM (g x g) upsampled to the image and blended as a heat map."""
-    import cv2
-
     g = int(round(lam.shape[0] ** 0.5))
-    h, w = image.shape[:2]
     for c in torch.nonzero(cls_label > 0).flatten().tolist():
-        grid = lam[:, c].view(1, 1, g, g).float()
-        heat = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
-        colour = cv2.applyColorMap((heat.cpu().numpy() * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-        blend = (0.5 * image + 0.5 * colour).astype(np.uint8)
+        blend = heat_overlay(image, lam[:, c].view(g, g).float().cpu().numpy())
         safe = class_names[c].replace(" ", "_")
         with atomic_path(folder / f"{name}_{safe}.jpg") as tmp:
             Image.fromarray(blend).save(tmp, format="JPEG", quality=90)
+
+
+PSEUDO_TITLE, CRF_TITLE = "pseudo label", "pseudo label + CRF"
 
 
 class _LamRun:
@@ -108,6 +106,8 @@ class _LamRun:
         self.pool = CRFPool(num_workers=int(cfg.infer.crf_workers), labels_only=True,
                             **dict(cfg.infer.crf_params)) if cfg.infer.crf else None
         self.skipped = 0
+        self.gallery = Gallery(out_dir, self.names_bg, int(cfg.infer.report_max_images), palette=self.palette,
+                               variants=[PSEUDO_TITLE, CRF_TITLE] if cfg.infer.crf else [PSEUDO_TITLE])
         self.kwargs = pseudo_label_kwargs(cfg, cfg.infer.box_threshold, self.par)
 
     def score_existing(self, item: dict[str, Any]) -> bool:
@@ -117,9 +117,13 @@ class _LamRun:
         if not png.exists() or (self.pool is not None and not crf_png.exists()):
             return False
         label = item["label"].to(self.device)
-        self.cm.update(torch.from_numpy(_read_png(png)).to(self.device).long()[None], label)
+        pred = _read_png(png)
+        self.cm.update(torch.from_numpy(pred).to(self.device).long()[None], label)
+        self._to_gallery(item, pred)
         if self.pool is not None:
-            self.crf_cm.update(torch.from_numpy(_read_png(crf_png)).long()[None], label.cpu())
+            crf = _read_png(crf_png)
+            self.crf_cm.update(torch.from_numpy(crf).long()[None], label.cpu())
+            self.gallery.add(name, crf, variant=CRF_TITLE)
         self.skipped += 1
         return True
 
@@ -149,6 +153,7 @@ class _LamRun:
         self.cm.update(pred, label)
         pred_np = pred[0].to(torch.uint8).cpu().numpy()
         atomic_save_png(pred_np, self.label_dir / f"{name}.png", palette=self.palette)
+        self._to_gallery(item, pred_np)
         if self.cfg.infer.save_overlays:
             rgb = to_uint8_rgb(image[0], self.mean, self.std)
             atomic_save_png(with_legend(overlay(rgb, pred_np), pred_np, self.names_bg),
@@ -163,6 +168,26 @@ class _LamRun:
             pred = lut[labels.astype(np.int64)].astype(np.uint8)
             atomic_save_png(pred, self.crf_dir / f"{name}.png", palette=self.palette)
             self.crf_cm.update(torch.from_numpy(pred).long()[None], gt)
+            self.gallery.add(name, pred, variant=CRF_TITLE)
+
+    def _to_gallery(self, item: dict[str, Any], pred: np.ndarray) -> None:
+        name = item["name"][0]
+        self.gallery.add(name, pred, rgb=to_uint8_rgb(item["image"][0], self.mean, self.std),
+                         gt=item["label"][0].numpy(), links={"label": f"pseudo_labels/{name}.png",
+                                                             "CRF label": f"pseudo_labels_crf/{name}.png",
+                                                             "overlay": f"overlays/{name}.png"})
+
+    def write_report(self, summary: dict[str, Any]) -> Path | None:
+        """``report.html`` of the run (every rank calls this; rank 0 writes it and gets its path)."""
+        line = f"pseudo-label mIoU {100 * summary['miou']:.2f} (m-IoU {100 * summary['miou_plain']:.2f})"
+        matrices = {PSEUDO_TITLE: self.cm}
+        if self.cfg.infer.crf:
+            line += f", + CRF mIoU {100 * self.crf_cm.compute()['miou']:.2f}"
+            matrices[CRF_TITLE] = self.crf_cm
+        line += f" on {summary['num_images']} images ({summary['mode']}, {summary['seconds']:.0f} s)"
+        notes = [f"checkpoint: {self.cfg.infer.checkpoint or 'none (training-free)'}; box threshold "
+                 f"{self.cfg.infer.box_threshold}; CRF {'on' if self.cfg.infer.crf else 'off'}"]
+        return self.gallery.finish(f"infer_lam: pseudo labels on {summary['split']}", line, matrices, notes)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -215,6 +240,9 @@ def run_infer_lam(cfg: DictConfig) -> dict[str, Any]:
                                "miou": float(result["miou"]), "miou_plain": float(result["miou_plain"]),
                                "num_images": min(len(dataset), cfg.eval.max_images or len(dataset)),
                                "skipped_existing": run.skipped, "seconds": elapsed}
+    report = run.write_report(summary)
+    if report is not None:
+        summary["report"] = str(report)
     if rank == 0:
         log.info("pseudo labels (%s) on %s:\n%s", summary["mode"], split, run.cm.table(run.names_bg))
         if cfg.infer.crf:

@@ -20,7 +20,8 @@ Two modes:
 
 Outputs under ``output_dir``: ``labels/<name>.png`` (palette PNG, index 0 = background, c + 1 = class c),
 ``overlays/<name>.png`` (the image with the label colours and a legend), ``classes.json`` and
-``predictions.json`` (per image: source file, size, classes found, and the CLS scores in training-free mode).
+``predictions.json`` (per image: source file, size, classes found, and the CLS scores in training-free mode), and
+``report.html`` (classes found, a gallery of thumbnails; see :mod:`excel.evaluation.report`).
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from excel.engine.checkpoint import load_checkpoint
 from excel.engine.inference import build_seeded_model, load_trained_model, multiscale_logits
 from excel.engine.validate import resize_square
 from excel.evaluation import crf_params, dense_crf
+from excel.evaluation.report import Gallery
 from excel.utils.io import atomic_save_png, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -317,6 +319,8 @@ def predict_images(predictor: Predictor, inputs: Sequence[str], output_dir: str 
     names = ["background", *predictor.class_names]
     palette = full_palette()
     atomic_write_json(output_dir / "classes.json", {str(i): n for i, n in enumerate(names)})
+    gallery = Gallery(output_dir, names, int(predictor.cfg.infer.report_max_images), palette=palette,
+                      variants=["prediction + CRF" if predictor.crf else "prediction"])
     records = []
     for path, name in tqdm(list(zip(paths, _output_names(paths))), desc="predict", disable=not progress,
                            dynamic_ncols=True):
@@ -324,6 +328,7 @@ def predict_images(predictor: Predictor, inputs: Sequence[str], output_dir: str 
         pred = predictor(rgb)
         atomic_save_png(pred.label, output_dir / "labels" / f"{name}.png", palette=palette)
         save_overlay(output_dir / "overlays" / f"{name}.png", rgb, pred.label, names)
+        gallery.add(name, pred.label, rgb=rgb, links={"label": f"labels/{name}.png", "overlay": f"overlays/{name}.png"})
         record: dict[str, Any] = {"file": str(path), "name": name, "height": int(rgb.shape[0]),
                                   "width": int(rgb.shape[1]), "classes": pred.classes}
         if not predictor.trained:
@@ -332,5 +337,8 @@ def predict_images(predictor: Predictor, inputs: Sequence[str], output_dir: str 
         records.append(record)
         log.info("%s: %s", path, ", ".join(pred.classes) or "background only")
     atomic_write_json(output_dir / "predictions.json", records)
+    mode = "trained checkpoint" if predictor.trained else f"training-free, --labels {predictor.labels}"
+    gallery.finish("predict", f"{len(records)} images ({mode})",
+                   notes=[f"classes: {', '.join(predictor.class_names)}"])
     log.info("wrote %d label maps and overlays to %s", len(records), output_dir)
     return records

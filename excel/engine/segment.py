@@ -37,6 +37,7 @@ from excel.engine.predict import save_overlay
 from excel.engine.train import work_dir_of
 from excel.engine.validate import eval_loader
 from excel.evaluation import ConfusionMatrix, CRFPool, crf_params
+from excel.evaluation.report import Gallery
 from excel.utils.io import atomic_path, atomic_save_png, atomic_write_json
 from excel.utils.logging import git_revision, setup_logging
 
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 __all__ = ["segment", "output_dir_of", "test_png_path", "TEST_LAYOUT", "to_uint8_rgb"]
 
 TEST_LAYOUT = Path("results") / "VOC2012" / "Segmentation" / "comp6_test_cls"
+PRED_TITLE, CRF_TITLE = "prediction", "prediction + CRF"
 
 
 def output_dir_of(cfg: DictConfig, tool: str) -> Path:
@@ -83,6 +85,8 @@ class _Run:
         self.crf_cm = ConfusionMatrix(len(self.names), device=device)
         self.palette = voc_palette()
         self.timers = {"model": 0.0, "crf_wait": 0.0, "images": 0.0, "crf_images": 0.0}
+        self.gallery = Gallery(output_dir, self.names, int(cfg.infer.report_max_images), palette=self.palette,
+                               variants=[PRED_TITLE, CRF_TITLE] if cfg.infer.crf else [PRED_TITLE])
 
     def handle(self, name: str, rgb: np.ndarray | None, pred: np.ndarray, label: np.ndarray | None,
                crf: bool) -> None:
@@ -95,6 +99,11 @@ class _Run:
                                                          torch.from_numpy(label))
         if self.cfg.infer.save_overlays and rgb is not None and (crf or not self.cfg.infer.crf):
             save_overlay(self.output_dir / "overlays" / f"{name}.png", rgb, pred, self.names)
+        links = {"overlay": f"overlays/{name}.png"}
+        if self.test:
+            links["label"] = test_png_path(".", name).as_posix()
+        self.gallery.add(name, pred, variant=CRF_TITLE if crf else PRED_TITLE, rgb=None if crf else rgb, gt=label,
+                         links=links)
 
     def drain(self, pool: CRFPool, wait: bool) -> None:
         t0 = time.perf_counter()
@@ -119,8 +128,7 @@ class _Run:
         if cfg.infer.save_logits:
             with atomic_path(self.output_dir / "logits" / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
                 np.save(fh, small.cpu().numpy().astype(np.float16))
-        need_rgb = pool is not None or cfg.infer.save_overlays
-        rgb = to_uint8_rgb(image[0], cfg.data.augment.mean, cfg.data.augment.std) if need_rgb else None
+        rgb = to_uint8_rgb(image[0], cfg.data.augment.mean, cfg.data.augment.std)
         label = None if self.test else batch["label"][0].cpu().numpy()
         self.handle(name, rgb, pred, label, crf=False)
         if pool is not None:
@@ -203,11 +211,29 @@ def segment(cfg: DictConfig, tool: str = "infer_seg_voc") -> dict[str, Any]:
         if cfg.infer.crf:
             run.crf_cm.all_reduce()
             result["scores"]["crf"] = _scores(run.crf_cm, run.names)
+    report = run.gallery.finish(f"{tool} on {split}", _summary_line(result), None if test else
+                                {PRED_TITLE: run.raw_cm, **({CRF_TITLE: run.crf_cm} if cfg.infer.crf else {})},
+                                notes=[f"checkpoint: {cfg.infer.checkpoint}", f"scales {list(cfg.infer.scales)}, "
+                                       f"flip at scale 1.0 {cfg.infer.flip_at_unit_scale}, CRF {cfg.infer.crf}"])
+    if report is not None:
+        result["report"] = str(report)
     if rank == 0:
         _report(result, run, test)
         atomic_write_json(output_dir / "results.json", result)
     dist.barrier()
     return result
+
+
+def _summary_line(result: dict[str, Any]) -> str:
+    """One line of results for the report page."""
+    raw, crf = result["scores"]["raw"], result["scores"]["crf"]
+    pct = lambda v: "nan" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    line = f"{result['num_images']} images, {result['timing']['wall_seconds_per_image']:.2f} s/image"
+    if raw is None:
+        return f"{line}; no ground truth (test split): nothing scored"
+    line = f"mIoU {pct(raw['miou'])} (m-IoU {pct(raw['miou_plain'])})" + (
+        f", + CRF mIoU {pct(crf['miou'])} (m-IoU {pct(crf['miou_plain'])})" if crf else "") + f" on {line}"
+    return line
 
 
 def _report(result: dict[str, Any], run: _Run, test: bool) -> None:

@@ -31,11 +31,12 @@ from excel.engine.checkpoint import (CheckpointError, check_compatible, latest_c
 from excel.engine.inference import load_model_weights
 from excel.engine.optim import PolyWarmupAdamW
 from excel.engine.sampler import InfiniteSampler, SeededItems
-from excel.engine.validate import validate
+from excel.engine.validate import validate, visual_samples
 from excel.losses import affinity_labels, affinity_loss, balanced_seg_loss
 from excel.model import ExCEL, build_model
 from excel.utils.io import atomic_write_text
 from excel.utils.logging import git_revision, setup_logging
+from excel.utils.vis import sample_grid, write_curves
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class Trainer:
         self.start_iter = 0
         self._resume()
         self.tb = self._tensorboard()
+        self.vis_indices = _spread(len(self.val_set), int(cfg.run.vis_samples)) if self.tb is not None else []
 
     # ----------------------------------------------------------------- setup helpers
     def _resume(self) -> None:
@@ -265,6 +267,8 @@ class Trainer:
             if finished == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
+        if self.rank == 0:
+            log.info("training curves: %s", write_curves(self.work_dir))
         if self.tb is not None:
             self.tb.close()
         dist.barrier()
@@ -281,7 +285,19 @@ class Trainer:
             if self.tb is not None:
                 self.tb.add_scalar("val/seg_miou", result["seg_miou"], iteration)
                 self.tb.add_scalar("val/pseudo_miou", result["pseudo_miou"], iteration)
+                self._log_samples(iteration)
+            write_curves(self.work_dir)
         return {"seg_miou": result["seg_miou"], "pseudo_miou": result["pseudo_miou"]}
+
+    def _log_samples(self, iteration: int) -> None:
+        """One TensorBoard image per fixed validation sample: image | LAM of its top classes | training-free pseudo
+        label | decoder prediction | ground truth (VOC palette)."""
+        names = ["background", *self.cfg.data.class_names]
+        samples = visual_samples(self.model, self.val_set, self.vis_indices, self.cfg, self.device, par=self.par)
+        for k, s in enumerate(samples):
+            grid = sample_grid(s["rgb"], s["gt"], [("pseudo label (training-free)", s["pseudo"]),
+                                                   ("decoder", s["pred"])], names, lams=s["lams"])
+            self.tb.add_image(f"val_samples/{k:02d}_{s['name']}", grid.image, iteration, dataformats="HWC")
 
     def save(self, iteration: int) -> None:
         if self.rank == 0:
@@ -300,6 +316,15 @@ def _truncate_metrics(path: Path, start_iter: int) -> None:
     kept = [line for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line)["iter"] < start_iter]
     atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _spread(count: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``range(count)`` (all of them when k >= count)."""
+    if k <= 0 or count == 0:
+        return []
+    if k >= count:
+        return list(range(count))
+    return sorted({int(round(i * (count - 1) / (k - 1))) for i in range(k)}) if k > 1 else [0]
 
 
 def _fmt_time(seconds: float) -> str:

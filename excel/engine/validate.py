@@ -1,7 +1,7 @@
 """In-training validation (algorithm.md §8.5): single-scale segmentation and pseudo-label mIoU on the val split."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from excel.cam import PAR, make_pseudo_labels, pseudo_label_kwargs
 from excel.data.loader import ShardSampler
+from excel.data.transforms import to_uint8_rgb
 from excel.engine import dist
 from excel.evaluation import ConfusionMatrix
 
@@ -68,3 +69,37 @@ def validate(model, dataset: Dataset, cfg: DictConfig, device: torch.device, par
     seg, pseudo = seg_cm.compute(), pseudo_cm.compute()
     return {"seg_miou": float(seg["miou"]), "pseudo_miou": float(pseudo["miou"]), "seg": seg, "pseudo": pseudo,
             "seg_table": seg_cm.table(names), "pseudo_table": pseudo_cm.table(names)}
+
+
+@torch.no_grad()
+def visual_samples(model, dataset: Dataset, indices: Sequence[int], cfg: DictConfig, device: torch.device,
+                   par: PAR | None = None, max_lams: int = 3) -> list[dict[str, Any]]:
+    """What the TensorBoard sample grids show for the dataset items ``indices`` (this process only).
+
+    Per item a dict: ``name``; ``rgb`` (H, W, 3) uint8; ``gt`` (H, W) int64; ``pred`` (H, W) the decoder's argmax;
+    ``pseudo`` (H, W) the training-free pseudo label (plain LAM, Q = None, ``eval.box_threshold``); ``lams`` a
+    list of (label index c + 1, (g, g) LAM of class c) for up to ``max_lams`` of the image's classes, highest
+    mean LAM first.
+    """
+    was_training = model.training
+    model.eval()
+    samples = []
+    aug = cfg.data.augment
+    for index in indices:
+        item = dataset[int(index)]
+        label = item["label"]
+        inputs = resize_square(item["image"][None].to(device), cfg.model.input_size)
+        out = model(inputs)
+        logits = F.interpolate(out.seg_logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
+        cls_label = item["cls_label"][None].to(device)
+        pseudo = make_pseudo_labels(out.lam, out.attn, cls_label, inputs, label.shape[-2:], attn_pred=None,
+                                    **pseudo_label_kwargs(cfg, cfg.eval.box_threshold, par))
+        g = int(round(out.lam.shape[1] ** 0.5))
+        present = torch.nonzero(cls_label[0] > 0).flatten()
+        ranked = present[out.lam[0][:, present].mean(0).argsort(descending=True)][:max_lams].tolist()
+        samples.append({"name": item["name"], "rgb": to_uint8_rgb(item["image"], aug.mean, aug.std),
+                        "gt": label.numpy(), "pred": logits.argmax(1)[0].cpu().numpy(),
+                        "pseudo": pseudo[0].cpu().numpy(),
+                        "lams": [(c + 1, out.lam[0, :, c].view(g, g).float().cpu().numpy()) for c in ranked]})
+    model.train(was_training)
+    return samples

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The whole ExCEL pipeline on a generated mini dataset, on CPU, in a few minutes:
-# training-free pseudo labels with their mIoU, a short training run, multi-scale inference with and without CRF.
+# The whole ExCEL pipeline on the generated world, offline, on CPU, in about 5 minutes: zero-shot mAP, training-free
+# pseudo labels with their mIoU (+CRF), a short training run, multi-scale inference with and without the CRF.
 # Creates .venv on first use. Real ViT-B/16 weights are used when available (--weights FILE, the open_clip cache,
-# or a download); otherwise a tiny random-init CLIP runs, and the demo says its numbers are meaningless.
-# Usage: bash run_demo.sh [--out demo_out] [--weights /path/to/ViT-B-16.pt] [--tiny] [key=value ...]
+# or a download); otherwise the model organism runs: a small CLIP pretrained on the world, shipped in the package.
+# Usage: bash run_demo.sh [--out demo_out] [--weights /path/to/ViT-B-16.pt] [--organism] [--iters N] [key=value ...]
 set -euo pipefail
 source "$(dirname "$0")/scripts/_env.sh"
 excel_env

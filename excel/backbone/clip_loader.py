@@ -64,6 +64,23 @@ def _load_torchscript_weights(model: nn.Module, path: str) -> None:
                            f"missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
+class _DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_random_init_notice() -> Iterator[None]:
+    """Hide open_clip's "initialized randomly" warning while weights that follow are loaded by hand."""
+    notice = _DropRandomInitNotice()
+    root = logging.getLogger()
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
+
+
 def _is_organism_file(path: str) -> bool:
     from excel.organism.weights import is_organism_file
 
@@ -140,7 +157,8 @@ def load_clip(name: str, pretrained: str | None, force_quick_gelu: bool = True,
         from excel.organism.weights import SHIPPED, load_organism_weights
 
         path = SHIPPED if pretrained == "organism" else pretrained
-        model = create(None)
+        with _quiet_random_init_notice():
+            model = create(None)
         meta = load_organism_weights(model, path)
         log.info("built %s with the organism weights %s (held-out zero-shot mAP %s)", name, path,
                  meta.get("zero_shot_map", "?"))

@@ -61,7 +61,7 @@ def scene_size(rng: np.random.Generator, long_lo: int = 200, long_hi: int = 288)
 
 def normalise(image: np.ndarray) -> Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32 ImageNet-normalised on the 0-255 scale (the pipeline's input)."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).float()
+    x = torch.from_numpy(np.array(image, dtype=np.float32))
     x = (x - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     return x.permute(2, 0, 1).contiguous()
 

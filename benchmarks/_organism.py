@@ -1,0 +1,61 @@
+"""Shared steps of the organism benchmarks: data, configs, and one call per pipeline stage (no re-implementation:
+each stage is the library's own runner, as the tools call it)."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from excel.config import CONFIG_DIR, load_config
+
+
+def make_data(root: Path, seed: int, num_train: int, num_val: int) -> Path:
+    """The world's data for ``seed`` (reused when ``root`` already holds it)."""
+    from excel.data.synthetic import WORLD_SIZE, make_synthetic_voc
+
+    if not (root / "lists" / "val.txt").is_file():
+        make_synthetic_voc(root, num_train=num_train, num_val=num_val, num_test=0, size=WORLD_SIZE, seed=seed,
+                           progress=True)
+    return root
+
+
+def organism_config(data: Path, out: Path, layers: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> Any:
+    """configs/organism.yaml, then ``layers`` (e.g. an ablation file), then ``overrides``."""
+    return load_config([CONFIG_DIR / "organism.yaml", *layers],
+                       [f"data.root={data}", f"run.work_dir={out}", f"tse.cache_dir={out.parent / 'banks'}",
+                        "data.train_split=train", *overrides])
+
+
+def pseudo_label_miou(cfg: Any, out: Path, crf: bool = False) -> dict[str, Any]:
+    """Training-free pseudo labels on val (infer_lam); returns its results record."""
+    from excel.engine.infer_lam import run_infer_lam
+
+    cfg = cfg.copy()
+    cfg.infer.split, cfg.infer.crf, cfg.infer.output_dir = "val", crf, str(out)
+    return run_infer_lam(cfg)
+
+
+def train_and_segment(cfg: Any, crf: bool = True) -> dict[str, Any]:
+    """The standard organism training, then MS+flip inference on val (+CRF); returns mIoUs and seconds."""
+    from excel.engine.segment import segment
+    from excel.engine.train import train
+
+    t0 = time.perf_counter()
+    train(cfg)
+    seconds = time.perf_counter() - t0
+    ckpt = max((Path(cfg.run.work_dir) / "checkpoints").glob("iter_*.pth"))
+    seg_cfg = cfg.copy()
+    seg_cfg.infer.split, seg_cfg.infer.checkpoint, seg_cfg.infer.crf = "val", str(ckpt), crf
+    seg_cfg.infer.output_dir = str(Path(cfg.run.work_dir) / "segmentation")
+    seg = segment(seg_cfg, tool="infer_seg_voc")
+    scores = seg["scores"]
+    return {"seg_miou": scores["raw"]["miou"], "seg_crf_miou": (scores.get("crf") or {}).get("miou"),
+            "train_seconds": seconds, "checkpoint": str(ckpt)}
+
+
+def quiet() -> None:
+    """Keep the runners' INFO logs off the screen (the tables are the output)."""
+    logging.basicConfig(level=logging.WARNING)
+    for name in ("excel", "open_clip"):
+        logging.getLogger(name).setLevel(logging.WARNING)

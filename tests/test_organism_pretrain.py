@@ -1,0 +1,78 @@
+"""Organism pretraining (resumable, deterministic) and the shipped-weight format, on the tiny architecture."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from excel.backbone import load_clip
+from excel.data.world import World
+from excel.organism.pretrain import PretrainConfig, average_precision, lr_at, pretrain, view_of_scene
+from excel.organism.weights import OrganismWeightsError, load_organism_weights, save_organism_weights
+
+TINY = dict(model="excel-tiny", image_size=224, steps=4, batch_size=4, warmup=2, eval_every=2, eval_images=8,
+            ckpt_every=2, num_workers=0)
+
+
+def test_average_precision_by_hand():
+    scores = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.3, 0.2], [0.1, 0.6]])
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    ap = average_precision(scores, labels)
+    # class 0: ranks 1 (hit), 2, 3 (hit) -> (1/1 + 2/3) / 2; class 1: rank 1 hit -> 1
+    assert torch.allclose(ap, torch.tensor([(1 + 2 / 3) / 2, 1.0]))
+    assert torch.isnan(average_precision(scores[:, :1], torch.zeros(4, 1))).all()
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    cfg = PretrainConfig(steps=100, warmup=10, lr=1e-3)
+    assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(10, cfg) == pytest.approx(1e-3) and lr_at(55, cfg) == pytest.approx(5e-4)
+    assert lr_at(100, cfg) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_crop_views_keep_only_visible_classes():
+    world = World()
+    for i in range(30):
+        view, classes, stuff = view_of_scene(np.random.default_rng([1, i]), world, 64, crop_prob=1.0)
+        assert view.shape == (64, 64, 3) and classes == sorted(classes) and stuff
+
+
+def test_resume_gives_the_same_model(tmp_path):
+    straight = pretrain(PretrainConfig(**TINY), tmp_path / "a", progress=False)
+    pretrain(PretrainConfig(**{**TINY, "steps": 2}), tmp_path / "b", progress=False)
+    ckpt = torch.load(tmp_path / "b" / "last.pth", weights_only=False)
+    ckpt["config"]["steps"] = 4                      # continue the same run for two more steps
+    torch.save(ckpt, tmp_path / "b" / "last.pth")
+    resumed = pretrain(PretrainConfig(**TINY), tmp_path / "b", export=tmp_path / "w.pt", progress=False)
+    a = torch.load(tmp_path / "a" / "last.pth", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "last.pth", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert straight["zero_shot_map"] == pytest.approx(resumed["zero_shot_map"])
+    with pytest.raises(ValueError, match="other settings"):
+        pretrain(PretrainConfig(**{**TINY, "lr": 0.5}), tmp_path / "b", progress=False)
+
+
+def test_weight_file_round_trip_and_refusals(tmp_path, tiny_clip):
+    keep = torch.zeros(tiny_clip.token_embedding.num_embeddings, dtype=torch.bool)
+    keep[[0, 5, 49406, 49407]] = True
+    path = tmp_path / "organism.pt"
+    save_organism_weights(tiny_clip, keep, path, meta={"zero_shot_map": 0.5})
+    torch.manual_seed(1)
+    fresh = load_clip("excel-tiny", None)
+    meta = load_organism_weights(fresh, path)
+    assert meta == {"zero_shot_map": 0.5}
+    src, dst = tiny_clip.state_dict(), fresh.state_dict()
+    for k, v in src.items():
+        if k == "token_embedding.weight":
+            assert torch.equal(dst[k][keep], v[keep].half().float()) and not dst[k][~keep].any()
+        elif not k.endswith("attn_mask"):
+            assert torch.equal(dst[k], v.half().float()), k
+    via_loader = load_clip("excel-tiny", str(path))           # a path to an organism file works as well
+    assert torch.equal(via_loader.visual.conv1.weight, fresh.visual.conv1.weight)
+    with pytest.raises(OrganismWeightsError, match="not found"):
+        load_organism_weights(fresh, tmp_path / "missing.pt")
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(OrganismWeightsError, match="not an organism weight file"):
+        load_organism_weights(fresh, tmp_path / "other.pt")
+    with pytest.raises(OrganismWeightsError, match="excel-organism"):
+        load_organism_weights(load_clip("excel-organism", None), path)

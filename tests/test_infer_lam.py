@@ -93,6 +93,11 @@ def test_two_ranks_give_the_single_process_scores(mini_voc, tmp_path):
     assert one["miou"] == pytest.approx(two["miou"], abs=1e-12) and one["num_images"] == two["num_images"] == 4
     for png in sorted((tmp_path / "one" / "pseudo_labels").glob("*.png")):
         assert np.array_equal(np.array(Image.open(png)), np.array(Image.open(tmp_path / "two" / "pseudo_labels" / png.name)))
+    # the report merges both ranks' galleries into the single-process one (worst first, same thumbnails)
+    gallery = [(tmp_path / d / "report.html").read_text().split('id="gallery"')[1] for d in ("one", "two")]
+    assert gallery[0] == gallery[1] and gallery[0].count("<img ") == 4
+    assert sorted(p.name for p in (tmp_path / "two" / "report_files").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "one" / "report_files").iterdir())
 
 
 def test_batched_training_free_forward_gives_the_same_labels(mini_voc, tmp_path):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from excel.engine.checkpoint import CheckpointError, check_compatible, load_checkpoint, strip_module_prefix
+from excel.engine.reference_checkpoint import clip_from_state, convert_reference_state, is_reference_state
 from excel.model import ExCEL, build_model
 
 log = logging.getLogger(__name__)
@@ -101,24 +102,51 @@ def load_trained_model(cfg: DictConfig, checkpoint: str | Path | None, device: t
     positional embedding, if it holds a full model, is always discarded. ``module.`` prefixes are stripped, and a
     checkpoint for another backbone or class count is refused with a message naming the mismatch.
 
+    A file written by the reference's training script (algorithm.md §9.4a) is recognised and its decoder converted.
+    CLIP weights stored with the decoder (the reference's ``encoder.*``, or the ``clip`` entry that
+    ``tools/convert_checkpoint.py`` writes) are used when ``model.clip.pretrained`` is unset; their positional
+    table is then the one the file holds.
+
     Args:
-        checkpoint: an excel checkpoint or a plain state dict file; None keeps the built (random) decoder.
+        checkpoint: an excel checkpoint, a plain state dict file or a reference checkpoint; None keeps the built
+            (random) decoder.
     Returns:
         The model on ``device`` in eval mode.
     Raises:
         FileNotFoundError, CheckpointError: see :func:`excel.engine.checkpoint.load_checkpoint` and
             :func:`load_model_weights`.
     """
-    model = build_seeded_model(cfg, mode=mode)
-    if checkpoint is not None:
-        ckpt = load_checkpoint(checkpoint, map_location="cpu")
-        check_compatible(ckpt.get("meta") or {}, model.meta(), source=str(checkpoint))
-        load_model_weights(model, ckpt["model"], source=str(checkpoint))
-        log.info("loaded %s (iteration %s)", checkpoint, ckpt.get("iteration"))
-        if cfg.model.clip.pretrained in (None, "") and not any(k.startswith("visual.") for k in ckpt["model"]):
-            log.warning("model.clip.pretrained is null and %s holds the decoder only: CLIP is rebuilt at random with "
-                        "run.seed=%s, which matches the trained run only if it used the same seed", checkpoint,
-                        cfg.run.seed)
+    if checkpoint is None:
+        return build_seeded_model(cfg, mode=mode).to(device).eval()
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    state, clip_state = ckpt["model"], ckpt.get("clip") or {}
+    if is_reference_state(state):
+        converted = convert_reference_state(state, source=str(checkpoint))
+        state, clip_state = converted.decoder, converted.clip
+        log.info("%s was written by the reference's training script: decoder converted (algorithm.md §9.4a)",
+                 checkpoint)
+    unset = cfg.model.clip.pretrained in (None, "")
+    clip_model = None
+    if clip_state and unset:
+        clip_model = clip_from_state(str(cfg.model.clip.name), clip_state, bool(cfg.model.clip.force_quick_gelu),
+                                     source=str(checkpoint))
+        log.info("CLIP weights from %s (model.clip.pretrained is unset)", checkpoint)
+    elif clip_state:
+        log.info("%s also holds CLIP weights; model.clip.pretrained=%s is used instead", checkpoint,
+                 cfg.model.clip.pretrained)
+    model = build_seeded_model(cfg, mode=mode, clip_model=clip_model)
+    native = getattr(model.visual.vit, "grid_size", (model.visual.pos_grid,))[0]
+    if clip_model is not None and "train" not in mode and model.visual.pos_grid != native:
+        log.warning("the positional table stored in %s is %dx%d and the original %dx%d one is not in the file: "
+                    "other input sizes interpolate from the stored table (algorithm.md §1.2, §9.4a)", checkpoint,
+                    model.visual.pos_grid, model.visual.pos_grid, native, native)
+    check_compatible(ckpt.get("meta") or {}, model.meta(), source=str(checkpoint))
+    load_model_weights(model, state, source=str(checkpoint))
+    log.info("loaded %s (iteration %s)", checkpoint, ckpt.get("iteration"))
+    if unset and not clip_state and not any(k.startswith("visual.") for k in strip_module_prefix(state)):
+        log.warning("model.clip.pretrained is null and %s holds the decoder only: CLIP is rebuilt at random with "
+                    "run.seed=%s, which matches the trained run only if it used the same seed", checkpoint,
+                    cfg.run.seed)
     return model.to(device).eval()
 
 

@@ -104,6 +104,13 @@ def test_image_miou_by_hand():
     assert math.isnan(image_miou(np.zeros((2, 2)), np.full((2, 2), 255), 3))
 
 
+def test_gallery_refuses_a_negative_image_count(tmp_path):
+    from excel.errors import UsageError
+
+    with pytest.raises(UsageError, match="infer.report_max_images=-1"):
+        Gallery(tmp_path, VOC_NAMES, max_images=-1)
+
+
 def test_sample_grid_has_the_expected_tiles():
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)

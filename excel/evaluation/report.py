@@ -25,6 +25,7 @@ from urllib.parse import quote
 import numpy as np
 
 from excel.data.palette import palette_array
+from excel.errors import UsageError
 from excel.evaluation.metrics import ConfusionMatrix
 from excel.utils.io import atomic_save_png, atomic_write_json, atomic_write_text
 from excel.utils.vis import fit_height, label_tile, palette_for, tile_row
@@ -105,7 +106,7 @@ class Gallery:
                  variants: Sequence[str] = ("prediction",), palette: Sequence[int] | None = None,
                  height: int = GALLERY_HEIGHT) -> None:
         if int(max_images) < 0:
-            raise ValueError(f"infer.report_max_images={max_images}: expected 0 or a positive number of images")
+            raise UsageError(f"infer.report_max_images={max_images}: expected 0 or a positive number of images")
         self.out_dir = Path(out_dir)
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)

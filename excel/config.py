@@ -3,6 +3,10 @@
 Every key lives in ``configs/base.yaml``. Experiment files hold differences only and may chain
 other files with ``_base_: other.yaml`` (relative to the file). The merged config is in omegaconf
 struct mode, so an unknown key anywhere is an error that names it.
+
+Layers cannot undo each other silently: when a later file's own ``_base_`` chain would change a key that an
+earlier file set, loading stops and names the keys (``allow_base_reset=True``, the ``--allow-base-reset`` flag of
+the tools, accepts it). Overlay files (``test_tiny.yaml``, ``ablations/*.yaml``) therefore carry no ``_base_``.
 """
 from __future__ import annotations
 
@@ -41,20 +45,74 @@ def _read_yaml(path: Path) -> DictConfig:
     return cfg
 
 
-def _file_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
-    """The configs of ``path`` and of its ``_base_`` ancestors, ancestors first."""
+def _file_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:
+    """(file, config) of ``path`` and of its ``_base_`` ancestors, ancestors first."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"config files include each other in a loop: {' -> '.join(map(str, seen + (path,)))}")
     cfg = _read_yaml(path)
-    chain: list[DictConfig] = []
+    chain: list[tuple[Path, DictConfig]] = []
     base = cfg.pop("_base_", None)
     if base is not None:
         bases = [base] if isinstance(base, str) else list(base)
         for b in bases:
             chain.extend(_file_chain((path.parent / b), seen + (path,)))
-    chain.append(cfg)
+    chain.append((path, cfg))
     return chain
+
+
+def _leaf_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted names of the values a config file sets (lists count as one value)."""
+    keys: list[str] = []
+    for key in cfg.keys():
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig) and len(node):
+            keys.extend(_leaf_keys(node, f"{prefix}{key}."))
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+_ABSENT = object()
+
+
+def _plain_value(cfg: DictConfig, dotted: str) -> object:
+    value = OmegaConf.select(cfg, dotted, default=_ABSENT, throw_on_resolution_failure=False)
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=False)
+    return value
+
+
+def _short(path: str | os.PathLike) -> str:
+    """A config path as the user would type it: relative to the working directory or the repository if inside."""
+    p = Path(path).resolve()
+    for root in (Path.cwd(), REPO_ROOT):
+        try:
+            return str(p.relative_to(root))
+        except ValueError:
+            continue
+    return str(p)
+
+
+def _brief(value: object, width: int = 48) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 4] + " ..." + text[-1]
+
+
+def _base_resets(before: DictConfig, after: DictConfig, bases: list[tuple[Path, DictConfig]],
+                 own: DictConfig, set_by: dict[str, str]) -> list[str]:
+    """The keys that the ``_base_`` files ``bases`` change after an earlier layer set them (``own`` not resetting
+    them itself), each described as ``key: old (layer) -> new (base file)``."""
+    own_keys = set(_leaf_keys(own))
+    problems: dict[str, str] = {}
+    for base_path, part in bases:
+        for key in _leaf_keys(part):
+            if key in problems or key not in set_by or key in own_keys:
+                continue
+            old, new = _plain_value(before, key), _plain_value(after, key)
+            if old != new:
+                problems[key] = f"{key}: {_brief(old)} ({set_by[key]}) -> {_brief(new)} ({_short(base_path)})"
+    return list(problems.values())
 
 
 def _kind(value: object) -> str | None:
@@ -99,24 +157,53 @@ def _merge_strict(base: DictConfig, other: DictConfig, source: str) -> DictConfi
         raise ConfigError(f"bad value in {source}: {err}") from err
 
 
+def _as_paths(path: object) -> list:
+    return [] if path is None else [path] if isinstance(path, (str, os.PathLike, dict, DictConfig)) else list(path)
+
+
 def load_config(path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-                overrides: Sequence[str] | Iterable[str] = ()) -> DictConfig:
-    """Merge ``configs/base.yaml`` <- ``path`` (and its ``_base_`` chain) <- ``key=value`` overrides.
+                overrides: Sequence[str] | Iterable[str] = (), *,
+                defaults: str | os.PathLike | dict | Sequence[str | os.PathLike | dict] | None = None,
+                allow_base_reset: bool = False) -> DictConfig:
+    """Merge ``configs/base.yaml`` <- ``defaults`` <- ``path`` (each with its ``_base_`` chain) <- overrides.
 
     Args:
-        path: experiment YAML, a list of them (merged in order), or None for the base config alone.
+        path: experiment YAML, a list of them (merged in order: the layers), or None for the base config alone.
         overrides: dotted ``key=value`` strings (values parsed as YAML: ``train.max_iters=10``).
+        defaults: files (or plain config dicts) merged before ``path`` that a layer may replace freely: a tool's
+            dataset config, the config stored in a checkpoint.
+        allow_base_reset: accept a layer whose ``_base_`` chain changes keys that an earlier layer set.
     Returns:
         A struct-mode DictConfig; reading or setting an unknown key raises.
     Raises:
-        ConfigError: a missing file, an unknown key (named in the message) or a malformed override.
+        ConfigError: a missing file, an unknown key (named in the message), a malformed override, or a layer's
+            ``_base_`` chain undoing keys of an earlier layer (the keys and files are named).
     """
     cfg = _read_yaml(BASE_CONFIG)
     OmegaConf.set_struct(cfg, True)
-    paths = [] if path is None else [path] if isinstance(path, (str, os.PathLike)) else list(path)
-    for one in paths:
-        for part in _file_chain(Path(one)):
+    for one in _as_paths(defaults):
+        if isinstance(one, (DictConfig, dict)):  # a config held in memory (the one stored in a checkpoint)
+            cfg = _merge_strict(cfg, OmegaConf.create(one), "the stored config")
+            continue
+        for _, part in _file_chain(Path(one)):
             cfg = _merge_strict(cfg, part, str(one))
+    set_by: dict[str, str] = {}  # key -> the layer that set it
+    for one in _as_paths(path):
+        chain = _file_chain(Path(one))
+        bases, (_, own) = chain[:-1], chain[-1]
+        before = cfg
+        for _, part in bases:
+            cfg = _merge_strict(cfg, part, str(one))
+        resets = [] if allow_base_reset else _base_resets(before, cfg, bases, own, set_by)
+        if resets:
+            listed = "; ".join(resets[:8]) + (f"; and {len(resets) - 8} more" if len(resets) > 8 else "")
+            raise ConfigError(f"{_short(one)}: its _base_ chain would silently undo {len(resets)} key(s) set by an "
+                              f"earlier --config file: {listed}. Remove _base_ from the file meant to sit on top "
+                              f"(an overlay needs none), change the --config order, or pass --allow-base-reset to "
+                              f"accept it")
+        cfg = _merge_strict(cfg, own, str(one))
+        for _, part in chain:
+            set_by.update(dict.fromkeys(_leaf_keys(part), _short(one)))
     overrides = list(overrides)
     for item in overrides:
         if "=" not in item:

@@ -21,7 +21,7 @@ def tiny_cfg():
     """A fresh struct-mode config for the tiny random-init setup (safe to mutate)."""
     from excel.config import load_config
 
-    return load_config(REPO / "configs" / "test_tiny.yaml")
+    return load_config([REPO / "configs" / "voc.yaml", REPO / "configs" / "test_tiny.yaml"])
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +62,7 @@ def seg_checkpoint(mini_voc, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("seg_ckpt")
     overrides = [f"data.root={mini_voc}", f"tse.cache_dir={tmp / 'banks'}", f"run.work_dir={tmp / 'work'}"]
-    cfg = load_config(REPO / "configs" / "test_tiny.yaml", overrides)
+    cfg = load_config([REPO / "configs" / "voc.yaml", REPO / "configs" / "test_tiny.yaml"], overrides)
     model = build_seeded_model(cfg, mode="train").eval()
     items = [it for it in build_dataset(cfg, "train", stage="val")]
     num_classes = len(cfg.data.class_names) + 1

@@ -96,7 +96,8 @@ def test_strip_module_prefix_and_saving_from_ddp_style_keys(tmp_path):
 def test_check_compatible_names_the_mismatch(tiny_cfg):
     meta = checkpoint_meta(tiny_cfg)
     check_compatible(meta, dict(meta, git_revision="other", pretrained="openai"))  # informational keys only
-    with pytest.raises(CheckpointError, match="num_classes is 21 in the checkpoint but 81 in the config"):
+    # counts in the user's terms: foreground classes, background apart
+    with pytest.raises(CheckpointError, match=r"20 foreground classes \(\+ background\), but the config has 80 "):
         check_compatible(meta, dict(meta, num_classes=81))
     with pytest.raises(CheckpointError, match="backbone is 'excel-tiny'.*'ViT-B-16'"):
         check_compatible(meta, dict(meta, backbone="ViT-B-16"))

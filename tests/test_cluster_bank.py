@@ -39,7 +39,7 @@ def tiny_clip():
 @pytest.fixture()
 def cfg(tmp_path):
     kb = make_kb(tmp_path / "kb.json")
-    return load_config(REPO / "configs" / "test_tiny.yaml",
+    return load_config([REPO / "configs" / "voc.yaml", REPO / "configs" / "test_tiny.yaml"],
                        [f"tse.knowledge_base={kb}", f"tse.cache_dir={tmp_path / 'cache'}", "tse.num_clusters=5",
                         f"data.class_names=[{','.join(CLASSES)}]", "data.prompt_names=[]"])
 
@@ -221,7 +221,7 @@ def _dist_worker(rank: int, world: int, init_file: str, cfg_args: list[str], out
     try:
         torch.manual_seed(rank)  # different random models: the others must still use rank 0's file
         model, tokenizer = load_clip("excel-tiny", None), load_tokenizer("excel-tiny")
-        cfg = load_config(REPO / "configs" / "test_tiny.yaml", cfg_args)
+        cfg = load_config([REPO / "configs" / "voc.yaml", REPO / "configs" / "test_tiny.yaml"], cfg_args)
         bank = prepare_cluster_bank(cfg, model, tokenizer, progress=False)
         torch.save({"source": bank.source, "path": str(bank.path), "centers": bank.centers},
                    os.path.join(out_dir, f"rank{rank}.pt"))

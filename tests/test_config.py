@@ -106,3 +106,68 @@ def test_malformed_yaml_is_named(tmp_path):
     bad.write_text("train:\n  max_iters: [1, 2\n")
     with pytest.raises(ConfigError, match="broken.yaml"):
         load_config(bad)
+
+
+# ----------------------------------------------------------------------------- layering
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture()
+def my_data(tmp_path):
+    """An experiment file of one's own dataset, chained to voc.yaml as the README shows."""
+    return _write(tmp_path / "my_data.yaml", f"_base_: {CONFIGS / 'voc.yaml'}\ndata:\n  name: custom\n"
+                  "  class_names: [kiwi, apple, pear]\n  prompt_names: [kiwi fruit, apple, pear]\n")
+
+
+def test_overlays_carry_no_base():
+    for path in [CONFIGS / "test_tiny.yaml", *sorted((CONFIGS / "ablations").glob("*.yaml"))]:
+        assert "_base_" not in load_config.__globals__["_read_yaml"](path), path
+
+
+def test_overlay_after_an_experiment_keeps_both(my_data):
+    cfg = load_config([my_data, CONFIGS / "test_tiny.yaml"], defaults=CONFIGS / "voc.yaml")
+    assert list(cfg.data.class_names) == ["kiwi", "apple", "pear"] and cfg.data.name == "custom"
+    assert cfg.train.max_iters == 6 and cfg.lvc.start_iter == 3 and cfg.model.clip.name == "excel-tiny"
+
+
+def test_a_later_base_chain_may_not_undo_an_earlier_layer(my_data, tmp_path):
+    # the overlay first, then a file whose _base_ (voc.yaml) would bring back the VOC schedule and workers
+    with pytest.raises(ConfigError) as info:
+        load_config([CONFIGS / "test_tiny.yaml", my_data], defaults=CONFIGS / "voc.yaml")
+    message = str(info.value)
+    assert message.startswith(f"{my_data}: its _base_ chain would silently undo")
+    for key, old, new in [("train.max_iters", 6, 30000), ("lvc.start_iter", 3, 14000), ("data.num_workers", 0, 10),
+                          ("run.work_dir", "'work_dirs/test_tiny'", "'work_dirs/voc'")]:
+        assert f"{key}: {old} (configs/test_tiny.yaml) -> {new} (configs/voc.yaml)" in message
+    assert "--allow-base-reset" in message
+    # an old-style overlay with its own _base_ after the experiment would bring back VOC's classes
+    old_tiny = _write(tmp_path / "old_tiny.yaml", f"_base_: {CONFIGS / 'voc.yaml'}\ntrain:\n  max_iters: 6\n")
+    with pytest.raises(ConfigError, match=r"data.class_names: \['kiwi', 'apple', 'pear'\] .*-> \['aeroplane'"):
+        load_config([my_data, old_tiny])
+    # asked for: the later file wins, as a plain merge would
+    cfg = load_config([CONFIGS / "test_tiny.yaml", my_data], defaults=CONFIGS / "voc.yaml", allow_base_reset=True)
+    assert cfg.train.max_iters == 30000 and list(cfg.data.class_names) == ["kiwi", "apple", "pear"]
+
+
+def test_base_chains_that_agree_or_replace_the_default_are_fine(my_data):
+    # my_data's _base_ re-sets voc.yaml's keys to the values they already have
+    cfg = load_config([CONFIGS / "voc.yaml", my_data])
+    assert cfg.data.name == "custom" and cfg.train.max_iters == 30000
+    # a tool's default config is no layer: a file chained to coco.yaml replaces voc.yaml freely
+    coco_exp = _write(my_data.parent / "coco_exp.yaml", f"_base_: {CONFIGS / 'coco.yaml'}\n")
+    assert load_config([coco_exp], defaults=CONFIGS / "voc.yaml").data.name == "coco"
+    # a key the later file sets itself is ordinary layering
+    _write(my_data.parent / "long.yaml", "train:\n  max_iters: 100\n")
+    explicit = _write(my_data.parent / "explicit.yaml", "_base_: long.yaml\ntrain:\n  max_iters: 9\n")
+    assert load_config([CONFIGS / "test_tiny.yaml", explicit], defaults=CONFIGS / "voc.yaml").train.max_iters == 9
+
+
+def test_cli_flag_allows_a_base_reset(my_data):
+    from excel.engine.cli import parse_config
+
+    argv = ["--config", str(CONFIGS / "test_tiny.yaml"), "--config", str(my_data)]
+    with pytest.raises(ConfigError, match="lvc.start_iter"):
+        parse_config(argv, "test", "voc.yaml")
+    assert parse_config([*argv, "--allow-base-reset"], "test", "voc.yaml").lvc.start_iter == 14000

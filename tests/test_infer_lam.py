@@ -18,6 +18,7 @@ from excel.engine.inference import load_trained_model
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "configs" / "test_tiny.yaml")
+TINY_STACK = [str(REPO / "configs" / "voc.yaml"), TINY]  # test_tiny is an overlay (no _base_)
 
 
 def _env() -> dict[str, str]:
@@ -54,7 +55,7 @@ def test_infer_lam_sh_writes_labels_overlays_crf_and_table(mini_voc, tmp_path):
 def test_checkpoint_mode_lam_is_flip_merged_and_renormalised(seg_checkpoint):
     """algorithm.md §9.4: LAM = max(LAM_x, unflip LAM_flip), then per class (lam - min) / (max + 1e-5); Q is
     attn_pred of the plain forward of x alone (not of the pair, whose batch mean sees the mirror)."""
-    cfg = load_config(TINY, seg_checkpoint["overrides"])
+    cfg = load_config(TINY_STACK, seg_checkpoint["overrides"])
     model = load_trained_model(cfg, seg_checkpoint["path"], torch.device("cpu"), mode="train")
     torch.manual_seed(0)
     x = torch.randn(1, 3, 64, 64)
@@ -106,7 +107,7 @@ def test_batched_training_free_forward_gives_the_same_labels(mini_voc, tmp_path)
 
     def run(batch_size: int) -> tuple[dict, Path]:
         out = tmp_path / f"b{batch_size}"
-        cfg = load_config(TINY, [f"data.root={mini_voc}", f"tse.cache_dir={tmp_path / 'banks'}",
+        cfg = load_config(TINY_STACK, [f"data.root={mini_voc}", f"tse.cache_dir={tmp_path / 'banks'}",
                                  f"infer.output_dir={out}", "infer.split=train", f"infer.batch_size={batch_size}"])
         return run_infer_lam(cfg), out
 
@@ -159,7 +160,7 @@ def test_labels_and_crf_match_per_image_references(mini_voc, seg_checkpoint, tmp
 
     ckpt = seg_checkpoint["path"] if mode == "checkpoint" else None
     out = tmp_path / mode
-    cfg = load_config(TINY, [*seg_checkpoint["overrides"], f"infer.output_dir={out}", "infer.split=val",
+    cfg = load_config(TINY_STACK, [*seg_checkpoint["overrides"], f"infer.output_dir={out}", "infer.split=val",
                              "infer.crf=true", "infer.crf_workers=0", f"infer.checkpoint={ckpt or 'null'}"])
     summary = run_infer_lam(cfg)
     assert summary["mode"] == mode and summary["num_images"] == 4

@@ -287,3 +287,26 @@ def test_checkpoint_prefixes_and_refusals(seg_checkpoint, ref_model, tmp_path):
 def test_segment_needs_a_checkpoint(seg_checkpoint):
     with pytest.raises(ValueError, match="infer.checkpoint"):
         infer_seg_voc.main(["--config", str(REPO / "configs" / "test_tiny.yaml"), *seg_checkpoint["overrides"]])
+
+
+# ----------------------------------------------------------------------------- the checkpoint's own config
+def test_inference_follows_the_config_stored_in_the_checkpoint(seg_checkpoint, voc_val_run, tmp_path):
+    """No --config: the model (excel-tiny, 64 px), the classes, the data root and the TSE bank come from the
+    training run's stored config, and the raw scores equal those of the run given the whole config stack."""
+    out = tmp_path / "own"
+    result = infer_seg_voc.main([f"infer.checkpoint={seg_checkpoint['path']}", f"infer.output_dir={out}"])
+    assert result["num_images"] == 4 and result["scales"] == [1.0, 1.5]  # test_tiny's scales, from the checkpoint
+    assert result["scores"]["raw"] == voc_val_run[0]["scores"]["raw"]
+    # a key on the command line still overrides the stored config
+    result = infer_seg_voc.main([f"infer.checkpoint={seg_checkpoint['path']}", f"infer.output_dir={out}",
+                                 "infer.scales=[1.0]", "eval.max_images=1"])
+    assert result["scales"] == [1.0] and result["num_images"] == 1
+
+
+def test_inference_tools_print_one_error_line(tmp_path, capsys):
+    from excel.engine.cli import run_cli
+
+    missing = tmp_path / "no_such.pth"
+    assert run_cli(infer_seg_voc.main, [f"infer.checkpoint={missing}"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: checkpoint not found: {missing}\n"

@@ -167,7 +167,7 @@ def test_config_errors(tiny_cfg, tiny_clip):
 def tiny_cfg_path():
     from excel.config import CONFIG_DIR
 
-    return CONFIG_DIR / "test_tiny.yaml"
+    return [CONFIG_DIR / "voc.yaml", CONFIG_DIR / "test_tiny.yaml"]  # test_tiny is an overlay (no _base_)
 
 
 def test_no_hard_coded_cuda_in_library(repo_root):

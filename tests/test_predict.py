@@ -152,3 +152,17 @@ def test_inputs_vocabulary_and_argument_errors(photo_dir, seg_checkpoint, tmp_pa
     pal = full_palette()
     assert pal[:63] == voc_palette()[:63] and len(pal) == 768
     assert len({tuple(pal[3 * i:3 * i + 3]) for i in range(81)}) == 81  # COCO's 81 labels all get own colours
+
+
+def test_inputs_are_checked_before_the_weights(tmp_path):
+    """A missing image folder is reported first, not the absent checkpoint or CLIP weights it would load next."""
+    missing_folder, missing_ckpt = tmp_path / "photos", tmp_path / "ckpt.pth"
+    with pytest.raises(FileNotFoundError, match="'.*photos' is not an image file, a folder"):
+        predict_tool.main([str(missing_folder), "--out", str(tmp_path / "o"), "--checkpoint", str(missing_ckpt)])
+    with pytest.raises(FileNotFoundError, match="photos"):
+        predict_tool.main([str(missing_folder), "--out", str(tmp_path / "o"), "--classes", "cat",
+                           "model.clip.name=ViT-B-16", "model.clip.pretrained=/no/weights.pt"])
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photos" / "a.png")
+    with pytest.raises(FileNotFoundError, match="--checkpoint .*ckpt.pth: file not found"):
+        predict_tool.main([str(missing_folder), "--out", str(tmp_path / "o"), "--checkpoint", str(missing_ckpt)])

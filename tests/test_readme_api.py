@@ -8,7 +8,8 @@ from excel.cam import make_pseudo_labels
 
 
 def test_readme_api_snippet(repo_root, tiny_clip):
-    cfg = load_config(repo_root / "configs" / "test_tiny.yaml", ["tse.enabled=false"])
+    cfg = load_config([repo_root / "configs" / "voc.yaml", repo_root / "configs" / "test_tiny.yaml"],
+                      ["tse.enabled=false"])
     model = build_model(cfg, clip_model=tiny_clip, mode="train")
     assert [n for n, p in model.named_parameters() if p.requires_grad] and all(
         n.startswith("decoder.") for n, p in model.named_parameters() if p.requires_grad)

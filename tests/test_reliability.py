@@ -34,6 +34,7 @@ from excel.utils.io import atomic_save_png, atomic_torch_save, atomic_write_json
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "configs" / "test_tiny.yaml")
+TINY_STACK = [str(REPO / "configs" / "voc.yaml"), TINY]  # test_tiny is an overlay (no _base_)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -285,7 +286,8 @@ def test_wrong_class_count_checkpoint_is_refused_with_the_mismatch(tiny_cfg, tmp
     ckpt = _checkpoint_for_81_classes(tiny_cfg, tmp_path / "coco81.pth")
     with pytest.raises(CheckpointError) as info:
         load_trained_model(tiny_cfg, ckpt, torch.device("cpu"))
-    assert "num_classes is 81 in the checkpoint but 21" in str(info.value) and str(ckpt) in str(info.value)
+    message = str(info.value)  # counts in the user's terms, background apart
+    assert "80 foreground classes (+ background), but the config has 20 foreground" in message and str(ckpt) in message
 
     plain = _checkpoint_for_81_classes(tiny_cfg, tmp_path / "plain81.pth", with_meta=False)
     with pytest.raises(CheckpointError) as info:
@@ -316,7 +318,7 @@ def test_absent_clip_weights_offline_say_what_to_pass(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cache = tmp_path / "empty_cache"
     cache.mkdir()
-    cfg = load_config(TINY, ["model.clip.name=ViT-B-16", "model.clip.pretrained=openai",
+    cfg = load_config(TINY_STACK, ["model.clip.name=ViT-B-16", "model.clip.pretrained=openai",
                              f"model.clip.cache_dir={cache}"])
     with pytest.raises(ExcelError) as info:
         build_model(cfg)
@@ -324,7 +326,7 @@ def test_absent_clip_weights_offline_say_what_to_pass(tmp_path, monkeypatch):
     assert "model.clip.pretrained=/path/to/" in message and "openai" in message and "ViT-B-16" in message
 
     missing = tmp_path / "weights" / "ViT-B-16.pt"
-    cfg = load_config(TINY, ["model.clip.name=ViT-B-16", f"model.clip.pretrained={missing}"])
+    cfg = load_config(TINY_STACK, ["model.clip.name=ViT-B-16", f"model.clip.pretrained={missing}"])
     with pytest.raises((ExcelError, FileNotFoundError)) as info:
         build_model(cfg)
     assert str(missing) in str(info.value)
@@ -340,7 +342,7 @@ def test_bad_knowledge_base_or_cluster_bank_is_named(tmp_path):
              (f"tse.bank_file={tmp_path / 'missing.pth'}", "missing.pth"),
              (f"tse.bank_file={junk}", str(junk))]
     for override, needle in cases:
-        cfg = load_config(TINY, [override, f"tse.cache_dir={tmp_path / 'cache'}"])
+        cfg = load_config(TINY_STACK, [override, f"tse.cache_dir={tmp_path / 'cache'}"])
         with pytest.raises(ExcelError) as info:
             build_model(cfg)
         assert needle in str(info.value), (override, str(info.value))

@@ -27,7 +27,8 @@ from excel.utils.vis import (CAPTION_BG, SERIES_COLOURS, fit_height, heat_overla
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "configs" / "test_tiny.yaml")
-VOC_NAMES = ["background", *load_config(TINY).data.class_names]
+TINY_STACK = [str(REPO / "configs" / "voc.yaml"), TINY]  # test_tiny is an overlay (no _base_)
+VOC_NAMES = ["background", *load_config(TINY_STACK).data.class_names]
 sys.path.insert(0, str(REPO / "tools"))
 
 
@@ -232,7 +233,7 @@ def test_infer_lam_report_scores_the_files_it_links(mini_voc, tmp_path):
     assert len(page.tables["confusion-pseudo-label"]) == 22 and len(page.tables["confusion-pseudo-label-crf"]) == 22
     gallery = body_rows(page, "gallery")
     assert len(gallery) == 5
-    dataset = build_dataset(load_config(TINY, [f"data.root={mini_voc}"]), "train", stage="val")
+    dataset = build_dataset(load_config(TINY_STACK, [f"data.root={mini_voc}"]), "train", stage="val")
     per_image = {}
     for i in range(len(dataset)):
         name, gt = dataset.names[i], dataset[i]["label"].numpy()
@@ -292,7 +293,7 @@ def test_training_logs_grids_and_scalars_to_tensorboard_and_writes_curves(mini_v
     events.Reload()
     assert {"train/loss", "train/seg_loss", "train/aff_loss", "train/lr", "val/seg_miou", "val/pseudo_miou"} <= \
         set(events.Tags()["scalars"])
-    cfg = load_config(TINY, [f"data.root={mini_voc}"])
+    cfg = load_config(TINY_STACK, [f"data.root={mini_voc}"])
     val = build_dataset(cfg, "val", stage="val")
     tags = sorted(events.Tags()["images"])
     assert tags == [f"val_samples/00_{val.names[0]}", f"val_samples/01_{val.names[len(val) - 1]}"]

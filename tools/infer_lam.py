@@ -5,6 +5,8 @@
     torchrun --nproc_per_node=2 tools/infer_lam.py infer.checkpoint=work_dirs/voc/checkpoints/iter_0030000.pth
     bash infer_lam.sh tools/infer_lam.py 0 1 train "" infer.crf=true infer.save_overlays=true
 
+With infer.checkpoint, the model, its classes and the other settings come from the config stored in the checkpoint;
+--config files and key=value arguments override it.
 Writes <output_dir>/pseudo_labels/<id>.png (VOC palette), optional CRF labels and overlays, results.json, a
 log with the per-class table, and report.html (table, confusion heat map, worst images first; open it in a
 browser). A rerun skips images whose labels exist.
@@ -19,7 +21,7 @@ from excel.engine.infer_lam import run_infer_lam
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    cfg = parse_config(argv, "ExCEL pseudo labels (LAM) for a split, with mIoU.", "voc.yaml")
+    cfg = parse_config(argv, "ExCEL pseudo labels (LAM) for a split, with mIoU.", "voc.yaml", follow_checkpoint=True)
     return run_infer_lam(cfg)
 
 

@@ -7,7 +7,8 @@ infer.save_overlays=true asks for overlays).
     python tools/infer_seg_coco.py data.root=/data/COCO infer.checkpoint=work_dirs/coco/checkpoints/iter_0100000.pth
     torchrun --nproc_per_node=4 tools/infer_seg_coco.py data.root=... infer.checkpoint=... infer.crf=true
     bash infer_seg_coco.sh tools/infer_seg_coco.py 0,1 2 val /path/to/checkpoint.pth data.root=...
-The split scored is infer.split (default val; configs/coco.yaml scores data.val_split=val_part during training).
+The model, its classes and the other settings come from the config stored in the checkpoint; --config files and
+key=value arguments override it. The split scored is infer.split (default val; configs/coco.yaml scores data.val_split=val_part during training).
 <output_dir>/report.html shows the per-class table, the confusion heat map and the images, worst first.
 """
 from __future__ import annotations
@@ -16,12 +17,13 @@ import sys
 from typing import Any, Sequence
 
 from excel.engine import dist
-from excel.engine.cli import parse_config
+from excel.engine.cli import parse_config, run_cli
 from excel.engine.segment import segment
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    cfg = parse_config(argv, "Multi-scale + flip segmentation inference on MS COCO 2014 (optional CRF).", "coco.yaml")
+    cfg = parse_config(argv, "Multi-scale + flip segmentation inference on MS COCO 2014 (optional CRF).", "coco.yaml",
+                       follow_checkpoint=True)
     try:
         return segment(cfg, tool="infer_seg_coco")
     finally:
@@ -29,4 +31,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main, sys.argv[1:]))

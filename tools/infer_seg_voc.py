@@ -9,6 +9,8 @@ Test set (palette PNGs in <output_dir>/results/VOC2012/Segmentation/comp6_test_c
     python tools/infer_seg_voc.py data.root=... data.test_root=/data/VOC2012_test infer.split=test infer.checkpoint=...
 or with the reference's wrapper:
     bash infer_seg_voc.sh tools/infer_seg_voc.py 0 1 val /path/to/checkpoint.pth infer.crf=true data.root=...
+The model, its classes and the other settings come from the config stored in the checkpoint (the training run's);
+--config files and key=value arguments override it.
 Keys: infer.scales, infer.flip_at_unit_scale, infer.crf, infer.crf_params, infer.crf_workers, infer.save_logits,
 infer.save_overlays, infer.output_dir (default <run.work_dir>/infer_seg_voc_<split>), eval.max_images,
 infer.report_max_images. <output_dir>/report.html shows the per-class table, the confusion heat map and the images,
@@ -20,12 +22,13 @@ import sys
 from typing import Any, Sequence
 
 from excel.engine import dist
-from excel.engine.cli import parse_config
+from excel.engine.cli import parse_config, run_cli
 from excel.engine.segment import segment
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    cfg = parse_config(argv, "Multi-scale + flip segmentation inference on PASCAL VOC (optional CRF).", "voc.yaml")
+    cfg = parse_config(argv, "Multi-scale + flip segmentation inference on PASCAL VOC (optional CRF).", "voc.yaml",
+                       follow_checkpoint=True)
     try:
         return segment(cfg, tool="infer_seg_voc")
     finally:
@@ -33,4 +36,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main, sys.argv[1:]))

@@ -18,10 +18,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from excel.config import resolve_device
-from excel.engine.predict import Predictor, parse_class_list, predict_config, predict_images, read_class_file
+from excel.engine.cli import add_base_reset_flag, run_cli
+from excel.engine.predict import (Predictor, collect_images, parse_class_list, predict_config, predict_images,
+                                  read_class_file)
 from excel.utils.logging import setup_logging
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
@@ -43,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--crf", action="store_true", help="dense CRF on the trained model's prediction")
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="experiment YAML merged on top (repeatable)")
+    add_base_reset_flag(parser)
     args = parser.parse_intermixed_args(argv)
     overrides = [a for a in args.inputs if _OVERRIDE.match(a)]
     inputs = [a for a in args.inputs if not _OVERRIDE.match(a)]
@@ -55,13 +59,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         vocabulary = {"class_names": parse_class_list(args.classes)}
     elif args.classes_file:
         vocabulary = read_class_file(args.classes_file)
+    collect_images(inputs)  # the inputs are checked before any weights are read
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: file not found")
     setup_logging(None)
     cfg = predict_config(args.config, overrides, checkpoint=args.checkpoint, vocabulary=vocabulary,
-                         knowledge_base=args.knowledge_base)
+                         knowledge_base=args.knowledge_base, allow_base_reset=args.allow_base_reset)
     predictor = Predictor(cfg, checkpoint=args.checkpoint, labels=args.labels, cls_threshold=args.cls_threshold,
                           crf=args.crf or bool(args.checkpoint and cfg.infer.crf), device=resolve_device(cfg.run.device))
     return predict_images(predictor, inputs, args.out)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main, sys.argv[1:]))

@@ -113,11 +113,28 @@ def check_compatible(ckpt_meta: Mapping[str, Any], expected_meta: Mapping[str, A
 
     Keys present on one side only, and the informational ``git_revision`` / ``pretrained``, are not compared.
     """
-    problems = [f"{key} is {ckpt_meta[key]!r} in the checkpoint but {expected_meta[key]!r} in the config"
-                for key in expected_meta
+    problems = [_meta_difference(key, ckpt_meta[key], expected_meta[key]) for key in expected_meta
                 if key in ckpt_meta and key not in _INFORMATIONAL_META and ckpt_meta[key] != expected_meta[key]]
     if problems:
         raise CheckpointError(f"{source} does not fit the current config: " + "; ".join(problems))
+
+
+def class_count_mismatch(in_checkpoint: int, in_config: int) -> str:
+    """A class-count mismatch in the user's terms: foreground classes, background counted apart.
+
+    Args:
+        in_checkpoint, in_config: output classes including background (num_classes, classifier rows).
+    """
+    return (f"the checkpoint predicts {in_checkpoint} classes, i.e. {in_checkpoint - 1} foreground classes "
+            f"(+ background), but the config has {in_config - 1} foreground classes (+ background) in "
+            f"data.class_names; the inference tools take the classes from the config stored in the checkpoint "
+            f"unless data.class_names is overridden")
+
+
+def _meta_difference(key: str, in_checkpoint: Any, in_config: Any) -> str:
+    if key == "num_classes" and isinstance(in_checkpoint, int) and isinstance(in_config, int):
+        return class_count_mismatch(in_checkpoint, in_config)
+    return f"{key} is {in_checkpoint!r} in the checkpoint but {in_config!r} in the config"
 
 
 def strip_module_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> "OrderedDict[str, Any]":

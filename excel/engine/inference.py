@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from excel.engine.checkpoint import CheckpointError, check_compatible, load_checkpoint, strip_module_prefix
+from excel.engine.checkpoint import (CheckpointError, check_compatible, class_count_mismatch, load_checkpoint,
+                                     strip_module_prefix)
 from excel.engine.reference_checkpoint import clip_from_state, convert_reference_state, is_reference_state
 from excel.model import ExCEL, build_model
 
@@ -46,8 +47,7 @@ def _mismatch_hint(state: Mapping[str, torch.Tensor], model: ExCEL) -> str:
     hints = []
     cls_w = state.get("classifier.weight")
     if cls_w is not None and cls_w.shape[0] != model.decoder.classifier.out_channels:
-        hints.append(f"the checkpoint predicts {cls_w.shape[0]} classes (background included) but the config has "
-                     f"{model.decoder.classifier.out_channels} (data.class_names + background)")
+        hints.append(class_count_mismatch(int(cls_w.shape[0]), int(model.decoder.classifier.out_channels)))
     fc1 = state.get("fusion.fc1_weight")
     expected = model.decoder.fusion.fc1_weight
     if fc1 is not None and fc1.dim() == 3 and (fc1.shape[0] != expected.shape[0] or fc1.shape[2] != expected.shape[2]):

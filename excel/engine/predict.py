@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import glob
 import logging
-import tempfile
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,16 +34,16 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from excel.errors import UsageError
 from excel.backbone import load_clip
-from excel.config import CONFIG_DIR, ConfigError, load_config
+from excel.config import CONFIG_DIR, load_config
 from excel.cam import build_par, make_pseudo_labels, pseudo_label_kwargs
 from excel.data.palette import full_palette, overlay, with_legend
 from excel.data.transforms import normalize
 from excel.data.voc import load_image
-from excel.engine.checkpoint import load_checkpoint
+from excel.engine.cli import config_for_checkpoint
 from excel.engine.inference import build_seeded_model, load_trained_model, multiscale_logits
 from excel.engine.validate import resize_square
 from excel.evaluation import crf_params, dense_crf
@@ -173,7 +172,8 @@ def set_vocabulary(cfg: DictConfig, class_names: Sequence[str], prompt_names: Se
 
 def predict_config(config_files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
                    checkpoint: str | Path | None = None, vocabulary: dict[str, list[str]] | None = None,
-                   knowledge_base: str | None = None, default_config: str = "voc.yaml") -> DictConfig:
+                   knowledge_base: str | None = None, default_config: str = "voc.yaml",
+                   allow_base_reset: bool = False) -> DictConfig:
     """The config of a prediction run.
 
     Trained mode: base <- the config stored in ``checkpoint`` (when it has one, else ``default_config``) <-
@@ -187,20 +187,11 @@ def predict_config(config_files: Sequence[str | Path] = (), overrides: Sequence[
     if checkpoint is None and vocabulary is None:
         raise UsageError("predict needs a trained checkpoint (--checkpoint) or class names (--classes / "
                          "--classes-file) for training-free pseudo labels")
-    files: list[str | Path] = [CONFIG_DIR / default_config]
-    with tempfile.TemporaryDirectory() as tmp:
-        if checkpoint is not None:
-            stored = load_checkpoint(checkpoint).get("config") or {}
-            if stored:
-                files = [Path(tmp) / "checkpoint_config.yaml"]
-                OmegaConf.save(OmegaConf.create(stored), files[0])
-        try:
-            cfg = load_config([*files, *config_files], list(overrides))
-        except ConfigError as err:
-            if checkpoint is not None and files[0].name == "checkpoint_config.yaml":
-                raise ConfigError(f"the config stored in {checkpoint} does not load with this version of excel: "
-                                  f"{err}") from err
-            raise
+    defaults = [CONFIG_DIR / default_config]
+    if checkpoint is not None:
+        cfg = config_for_checkpoint(checkpoint, list(config_files), list(overrides), defaults, allow_base_reset)
+    else:
+        cfg = load_config(list(config_files), list(overrides), defaults=defaults, allow_base_reset=allow_base_reset)
     if vocabulary is not None:
         keep = any(o.split("=", 1)[0].strip() == "tse.num_clusters" for o in overrides)
         set_vocabulary(cfg, vocabulary["class_names"], vocabulary.get("prompt_names"),

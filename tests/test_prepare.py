@@ -157,3 +157,59 @@ def test_prepare_voc_labels_come_from_the_xml_annotations(mini_voc, tmp_path, ca
     assert "bad annotations: 2" in out and "['unicorn'] are not among the 20 classes" in out
     assert f"cannot read annotation {root / 'Annotations' / f'{fewer}.xml'}" in out
     assert not (root / "lists").exists()
+
+
+# ----------------------------------------------------------------------------------- a dataset of one's own
+def test_prepare_voc_from_images_and_masks_alone(tmp_path, capsys):
+    """No ImageSets, no --num-classes: a seeded train/val split and the class count read from the masks."""
+    import random
+
+    from _custom import user_dataset
+
+    root = user_dataset(tmp_path / "my_data")
+    ids = sorted(p.stem for p in (root / "SegmentationClassAug").glob("*.png"))
+    tool = load_tool("prepare_voc")
+    assert tool.main(["--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "found 3 foreground classes (+ background) in the masks (values 1..3)" in out
+    assert "wrote a seeded split of the ids with a mask (12 ids): train 10, val 2 (--val-fraction 0.2, --seed 0" in out
+    val = read_lines(root / "lists" / "val.txt")
+    assert val == sorted(random.Random(0).sample(ids, 2))  # round(0.2 * 12) ids drawn with the seed
+    assert read_lines(root / "lists" / "train.txt") == [n for n in ids if n not in val]
+    assert read_lines(root / "lists" / "train_aug.txt") == read_lines(root / "lists" / "train.txt")
+    assert read_lines(root / "lists" / "trainval.txt") == ids
+    table = load_table(root / "lists" / "cls_labels_onehot.npy")
+    for name in ids:  # 3 values per image: the classes of its mask
+        mask = np.array(Image.open(root / "SegmentationClassAug" / f"{name}.png"))
+        expected = np.zeros(3, np.float32)
+        expected[[v - 1 for v in np.unique(mask) if 1 <= v <= 3]] = 1
+        assert np.array_equal(table[name], expected)
+
+    # the same files and arguments give the same split; another seed or fraction another one
+    assert tool.main(["--root", str(root)]) == 0 and read_lines(root / "lists" / "val.txt") == val
+    assert tool.main(["--root", str(root), "--val-fraction", "0.5", "--seed", "3"]) == 0
+    assert read_lines(root / "lists" / "val.txt") == sorted(random.Random(3).sample(ids, 6))
+    assert tool.main(["--root", str(root), "--val-fraction", "1.5"]) == 2
+    assert "--val-fraction 1.5: expected a fraction between 0 and 1" in capsys.readouterr().err
+
+
+def test_prepare_voc_class_count_messages(tmp_path, capsys):
+    from _custom import user_dataset
+
+    root = user_dataset(tmp_path / "my_data")
+    tool = load_tool("prepare_voc")
+    # --num-classes smaller than the masks: the bad masks are named, with the count that fits
+    assert tool.main(["--root", str(root), "--num-classes", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "bad masks:" in out and "outside 0..2" in out
+    assert "masks hold values up to 3 but --num-classes is 2 (2 foreground classes + background): rerun with " \
+           "--num-classes 3, or without it" in out
+    # a class that no mask shows below the highest value is named
+    for path in (root / "SegmentationClassAug").glob("*.png"):
+        mask = np.array(Image.open(path))
+        mask[mask == 2] = 0
+        Image.fromarray(mask).save(path)
+    assert tool.main(["--root", str(root)]) == 0
+    assert "found 3 foreground classes (+ background) in the masks (values 1..3; never seen: [2])" in \
+        capsys.readouterr().out
+    assert load_table(root / "lists" / "cls_labels_onehot.npy")[read_lines(root / "lists" / "val.txt")[0]].shape == (3,)

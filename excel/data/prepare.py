@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -121,9 +122,14 @@ def _need_dir(path: Path, what: str) -> Path:
 
 def prepare_voc(root: str | os.PathLike, out: str | os.PathLike | None = None,
                 sbd_root: str | os.PathLike | None = None, image_dir: str = "JPEGImages",
-                label_dir: str = "SegmentationClassAug", num_classes: int = 20, deep: bool = False,
-                drop_bad: bool = False, class_names: Sequence[str] | None = None) -> PrepareReport:
+                label_dir: str = "SegmentationClassAug", num_classes: int | None = None, deep: bool = False,
+                drop_bad: bool = False, class_names: Sequence[str] | None = None, val_fraction: float = 0.2,
+                seed: int = 0) -> PrepareReport:
     """Write VOC lists and ``cls_labels_onehot.npy`` into ``out`` (default ``<root>/lists``).
+
+    ``num_classes`` (foreground classes C, mask values 1..C) None: C is the highest mask value found (255 = ignore),
+    named in the report. Without ``ImageSets/Segmentation/val.txt`` a seeded split is written (see
+    :func:`seeded_split`): ``val_fraction`` of the ids with a mask (of ``train.txt`` when that exists) go to val.
 
     Image-level labels come from ``<root>/Annotations/<id>.xml`` (every object's name, in ``class_names`` order,
     default the 20 VOC classes) when that folder exists, as in the field's usual label file, else from the masks
@@ -144,8 +150,9 @@ def prepare_voc(root: str | os.PathLike, out: str | os.PathLike | None = None,
         path = root / "ImageSets" / "Segmentation" / f"{name}.txt"
         if path.is_file():
             lists[name] = read_list(path)
-    if not lists:
-        report.notes.append(f"no lists in {root / 'ImageSets' / 'Segmentation'}: only train_aug is written")
+    if "val" not in lists:
+        seeded_split(lists, sorted(p.stem for p in masks.glob("*.png")), val_fraction, seed, report,
+                     root / "ImageSets" / "Segmentation")
     if sbd_root is not None:
         sbd = _need_dir(Path(sbd_root), "SBD root")
         sbd_lists = [sbd / f"{s}.txt" for s in ("train", "val") if (sbd / f"{s}.txt").is_file()]
@@ -165,11 +172,80 @@ def prepare_voc(root: str | os.PathLike, out: str | os.PathLike | None = None,
     test = set(lists.get("test", []))
     with_masks = sorted({n for k, v in lists.items() for n in v if k != "test"} - test)
     labels = _scan(report, with_masks, lambda n: images / f"{n}.jpg", lambda n: masks / f"{n}.png",
-                   num_classes, deep, read_masks=True)
-    _scan(report, sorted(test), lambda n: images / f"{n}.jpg", None, num_classes, deep, read_masks=False)
+                   MAX_MASK_VALUE if num_classes is None else num_classes, deep, read_masks=True)
+    _scan(report, sorted(test), lambda n: images / f"{n}.jpg", None, 0, deep, read_masks=False)
+    if num_classes is None:
+        num_classes = inferred_class_count(labels, masks, report)
+        labels = {k: v[:num_classes] for k, v in labels.items()}
+    else:
+        _hint_class_count(report, masks, num_classes)
     labels = annotation_labels(root / ANNOTATION_DIR, labels, class_names, report)
     _write(out, lists, labels, report, drop_bad)
     return report
+
+
+def seeded_split(lists: dict[str, list[str]], mask_ids: Sequence[str], val_fraction: float, seed: int,
+                 report: PrepareReport, image_sets: Path) -> None:
+    """Fill in the ``val`` list (and ``train``, ``trainval`` when absent) of a dataset without ``val.txt``.
+
+    The pool is ``lists["train"]`` when it exists, else every id with a mask minus the test ids; round(
+    ``val_fraction`` * n) of it (at least 1, at most n - 1), drawn with ``random.Random(seed)``, become val and the
+    rest train. The same files and arguments always give the same split. Raises DatasetError when the pool has
+    fewer than 2 ids or the fraction is not in (0, 1).
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"--val-fraction {val_fraction}: expected a fraction between 0 and 1 (e.g. 0.2)")
+    test = set(lists.get("test", []))
+    pool = list(lists["train"]) if "train" in lists else [n for n in mask_ids if n not in test]
+    if len(pool) < 2:
+        raise DatasetError(f"no {image_sets / 'val.txt'} and only {len(pool)} image(s) with a mask to split into "
+                           f"train and val; add images or write the lists yourself")
+    k = min(len(pool) - 1, max(1, round(val_fraction * len(pool))))
+    val = set(random.Random(seed).sample(sorted(pool), k))
+    source = f"{image_sets / 'train.txt'}" if "train" in lists else "the ids with a mask"
+    lists["val"] = sorted(val)
+    lists["train"] = sorted(n for n in pool if n not in val)
+    lists.setdefault("trainval", sorted(pool))
+    report.notes.append(f"no {image_sets / 'val.txt'}: wrote a seeded split of {source} ({len(pool)} ids): "
+                        f"train {len(lists['train'])}, val {len(lists['val'])} (--val-fraction {val_fraction}, "
+                        f"--seed {seed}; the same files and arguments give the same split)")
+
+
+MAX_MASK_VALUE = 254  # the largest class index a mask can hold (255 = ignore)
+
+
+def inferred_class_count(labels: dict[str, np.ndarray], masks: Path, report: PrepareReport) -> int:
+    """C = the highest foreground value in the masks read (``labels``: id -> (MAX_MASK_VALUE,) multi-hot), noted
+    in the report with the values never seen. Raises DatasetError when no mask has a foreground pixel."""
+    seen = np.zeros(MAX_MASK_VALUE, dtype=bool)
+    for vec in labels.values():
+        seen |= vec > 0
+    if not seen.any():
+        raise DatasetError(f"no foreground pixel (value 1..{MAX_MASK_VALUE}) in any mask of {masks}: index masks "
+                           f"hold 0 = background, 1..C = the classes, 255 = ignore")
+    count = int(np.flatnonzero(seen).max()) + 1
+    unseen = [int(v) + 1 for v in np.flatnonzero(~seen[:count])]
+    report.notes.append(
+        f"found {count} foreground classes (+ background) in the masks (values 1..{count}"
+        + (f"; never seen: {unseen}" if unseen else "") + f"): data.class_names needs {count} names, in mask-value "
+        f"order. If a class has no pixel in any mask, rerun with --num-classes C")
+    return count
+
+
+def _hint_class_count(report: PrepareReport, masks: Path, num_classes: int) -> None:
+    """After a run with ``--num-classes``: when bad masks hold values above it, say which count would fit."""
+    highest = 0
+    for name in report.problems.get("bad masks", {}):
+        try:
+            mask = load_label(masks / f"{name}.png", MAX_MASK_VALUE)
+        except DatasetError:
+            continue  # unreadable: its own message says so
+        values = mask[mask != 255]
+        highest = max(highest, int(values.max()) if values.size else 0)
+    if highest > num_classes:
+        report.notes.append(f"masks hold values up to {highest} but --num-classes is {num_classes} ({num_classes} "
+                            f"foreground classes + background): rerun with --num-classes {highest}, or without it "
+                            f"to take the count from the masks")
 
 
 def _xml_object_names(path: Path) -> list[str]:

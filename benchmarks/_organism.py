@@ -36,15 +36,17 @@ def pseudo_label_miou(cfg: Any, out: Path, crf: bool = False) -> dict[str, Any]:
     return run_infer_lam(cfg)
 
 
-def train_and_segment(cfg: Any, crf: bool = True) -> dict[str, Any]:
-    """The standard organism training, then MS+flip inference on val (+CRF); returns mIoUs and seconds."""
+def train_and_segment(cfg: Any, crf: bool = True, checkpoint: str | None = None) -> dict[str, Any]:
+    """The standard organism training (or a given ``checkpoint`` of it), then MS+flip inference on val (+CRF);
+    returns mIoUs and the training seconds."""
     from excel.engine.segment import segment
     from excel.engine.train import train
 
     t0 = time.perf_counter()
-    train(cfg)
+    if checkpoint is None:
+        train(cfg)
     seconds = time.perf_counter() - t0
-    ckpt = max((Path(cfg.run.work_dir) / "checkpoints").glob("iter_*.pth"))
+    ckpt = Path(checkpoint) if checkpoint else max((Path(cfg.run.work_dir) / "checkpoints").glob("iter_*.pth"))
     seg_cfg = cfg.copy()
     seg_cfg.infer.split, seg_cfg.infer.checkpoint, seg_cfg.infer.crf = "val", str(ckpt), crf
     seg_cfg.infer.output_dir = str(Path(cfg.run.work_dir) / "segmentation")

@@ -1,0 +1,43 @@
+"""rescale_schedule: every milestone keeps its fraction of the run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from excel.config import load_config
+from excel.engine.schedule import rescale_schedule
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_voc_schedule_scaled_to_1500():
+    voc = load_config(REPO / "configs" / "voc.yaml")
+    got = dict(o.split("=") for o in rescale_schedule(voc, 1500))
+    # 30000 -> 1500 is a factor 1/20: LVC 14000 -> 700, switch 24000 -> 1200, warm-up 50 -> 2.5 -> 2 (round half
+    # to even), validation 2000 -> 100, logging 200 -> 10
+    assert got == {"train.max_iters": "1500", "lvc.start_iter": "700", "lvc.attn_pred_start_iter": "700",
+                   "train.aff_label_switch_iter": "1200", "optim.warmup_iters": "2", "train.eval_iters": "100",
+                   "train.ckpt_start_iter": "0", "train.log_iters": "10"}
+    scaled = load_config(REPO / "configs" / "voc.yaml", rescale_schedule(voc, 1500))
+    assert scaled.lvc.start_iter / scaled.train.max_iters == pytest.approx(14000 / 30000, abs=1e-3)
+
+
+def test_never_stays_never_and_small_runs_keep_one():
+    coco = load_config(REPO / "configs" / "coco.yaml")
+    got = dict(o.split("=") for o in rescale_schedule(coco, 10))
+    assert "train.aff_label_switch_iter" not in got          # null (never) is kept as is
+    assert got["optim.warmup_iters"] == "1" and got["train.eval_iters"] == "1" and got["train.log_iters"] == "1"
+    assert got["lvc.start_iter"] == "3"                      # 30000 of 100000 -> 3 of 10
+    with pytest.raises(ValueError, match="positive"):
+        rescale_schedule(coco, 0)
+
+
+def test_organism_config_keeps_the_reference_fractions():
+    voc = load_config(REPO / "configs" / "voc.yaml")
+    org = load_config(REPO / "configs" / "organism.yaml")
+    n, ref = org.train.max_iters, voc.train.max_iters
+    for key in ("lvc.start_iter", "lvc.attn_pred_start_iter", "train.aff_label_switch_iter"):
+        a, b = (int(eval(f"c.{key}", {"c": c})) for c in (org, voc))
+        assert a / n == pytest.approx(b / ref, abs=0.01), key
+    assert org.optim.warmup_iters / n == pytest.approx(50 / 30000, abs=0.001)

@@ -62,3 +62,39 @@ def test_two_process_gloo_training(mini_voc, tmp_path):
     assert [v["iter"] for v in _lines(work / "val.jsonl")] == [2, 4]
     assert sorted(p.name for p in (work / "checkpoints").glob("iter_*.pth")) == ["iter_0000002.pth",
                                                                                   "iter_0000004.pth"]
+
+
+def test_bad_files_in_either_split_stop_training_before_the_first_iteration(mini_voc, tmp_path):
+    """A val mask with a value above the class count, a train mask of the wrong size and a listed image that is
+    missing are all named before the model is built (no metrics, no checkpoint), in one error."""
+    import shutil
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    from excel.data import DatasetError
+    from scripts.train_voc import main
+
+    root = shutil.copytree(mini_voc, tmp_path / "voc")
+    val = (root / "lists" / "val.txt").read_text().split()
+    train = (root / "lists" / "train.txt").read_text().split()
+    mask = np.array(Image.open(root / "SegmentationClassAug" / f"{val[1]}.png"))
+    mask[0, 0] = 21
+    Image.fromarray(mask).save(root / "SegmentationClassAug" / f"{val[1]}.png")
+    Image.fromarray(np.zeros((5, 7), np.uint8)).save(root / "SegmentationClassAug" / f"{train[2]}.png")
+    (root / "JPEGImages" / f"{train[4]}.jpg").unlink()
+    work = tmp_path / "wd"
+    start = time.perf_counter()
+    with pytest.raises(DatasetError) as info:
+        main(["--config", TINY, f"data.root={root}", f"run.work_dir={work}", f"tse.cache_dir={tmp_path / 'banks'}",
+              "model.clip.pretrained=/no/such/weights.pt"])  # never read: the data check comes first
+    seconds = time.perf_counter() - start
+    message = str(info.value)
+    assert message.startswith("3 of the 12 listed items of the train split 'train' and the val split 'val' are bad")
+    assert f"[val] label {root / 'SegmentationClassAug' / val[1]}.png holds values [21] outside 0..20 (20 " \
+           f"foreground classes + background)" in message
+    assert f"[train] label {root / 'SegmentationClassAug' / train[2]}.png is 5x7" in message
+    assert f"[train] id '{train[4]}' is listed in" in message and "does not exist" in message
+    assert "masks may hold 0..20 and 255 = ignore" in message and "\n" not in message
+    assert not (work / "metrics.jsonl").exists() and seconds < 30

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -77,9 +77,21 @@ def load_label(path: str | os.PathLike, num_classes: int, ignore_index: int = 25
     if label.size and (label.max() > num_classes or label.min() < 0):
         bad = np.unique(label[((label > num_classes) | (label < 0)) & (label != ignore_index)])
         if bad.size:
-            raise DatasetError(f"label {path} holds values {bad[:10].tolist()} outside 0..{num_classes} and "
-                               f"{ignore_index} (ignore)")
+            raise DatasetError(f"label {path} holds values {bad[:10].tolist()} outside 0..{num_classes} "
+                               f"({num_classes} foreground classes + background) and {ignore_index} (ignore)")
     return label.astype(np.uint8)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an image from its header, without decoding the pixels. Raises DatasetError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DatasetError(f"cannot read image {path}: {err} (corrupt or not an image)") from err
 
 
 def load_cls_labels(path: str | os.PathLike, num_classes: int) -> dict[str, np.ndarray] | None:
@@ -181,6 +193,16 @@ class VOCDataset(Dataset):
             return image, None
         return image, load_label(self.label_path(name), self.num_classes, self.ignore_index, image.shape[:2])
 
+    def check_item(self, name: str) -> None:
+        """Check one listed id quickly: its image exists and its header reads, and (except in the test stage) its
+        mask reads, has the image's size and holds only 0..C_fg and the ignore value. Raises DatasetError."""
+        path = self.image_path(name)
+        if not path.is_file():
+            raise DatasetError(f"id {name!r} is listed in {self.list_file} but its image {path} does not exist")
+        size = image_size(path)
+        if self.stage != "test":
+            load_label(self.label_path(name), self.num_classes, self.ignore_index, size)
+
     def class_label(self, name: str, mask: np.ndarray | None) -> np.ndarray:
         """Multi-hot (C_fg,) from ``cls_labels_onehot.npy`` when it has ``name``, else from the mask (or zeros)."""
         if self.cls_labels is not None and name in self.cls_labels:
@@ -204,22 +226,43 @@ class VOCDataset(Dataset):
                 "cls_label": torch.from_numpy(np.array(cls_label, dtype=np.float32))}
 
 
-def check_dataset(dataset: VOCDataset, raise_on_error: bool = True, max_report: int = 5) -> list[str]:
+def check_dataset(dataset: VOCDataset, raise_on_error: bool = True, max_report: int = 5, decode: bool = True,
+                  indices: Sequence[int] | None = None, workers: int = 0, progress: bool = False) -> list[str]:
     """Read every listed image and mask of ``dataset`` and collect the problems.
 
+    Args:
+        decode: decode every image fully (``load_arrays``); False reads image headers only (``check_item``: the
+            sizes, the masks and their values are still checked), which is many times faster.
+        indices: the items to check (default all), e.g. one process's share.
+        workers: threads reading files (0 = this thread).
+        progress: show a tqdm bar.
     Returns:
-        One message per bad id (empty when all is well).
+        One message per bad id (empty when all is well), in list order.
     Raises:
         DatasetError: when problems are found and ``raise_on_error``; the message gives the count and the first few.
     """
-    problems = []
-    for name in dataset.names:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    names = [dataset.names[i] for i in (range(len(dataset)) if indices is None else indices)]
+
+    def problem(name: str) -> str | None:
         try:
-            dataset.load_arrays(name)
+            dataset.load_arrays(name) if decode else dataset.check_item(name)
         except DatasetError as err:
-            problems.append(str(err))
+            return str(err)
+        return None
+
+    bar = dict(total=len(names), desc=f"checking {dataset.split}", disable=not progress, dynamic_ncols=True)
+    if workers > 0:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            found = list(tqdm(pool.map(problem, names), **bar))
+    else:
+        found = [problem(n) for n in tqdm(names, **bar)]
+    problems = [p for p in found if p is not None]
     if problems and raise_on_error:
         shown = "\n  ".join(problems[:max_report])
-        raise DatasetError(f"{len(problems)} of {len(dataset)} items of {dataset!r} are bad; first "
+        raise DatasetError(f"{len(problems)} of {len(names)} items of {dataset!r} are bad; first "
                            f"{min(len(problems), max_report)}:\n  {shown}")
     return problems

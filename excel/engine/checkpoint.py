@@ -127,8 +127,7 @@ def class_count_mismatch(in_checkpoint: int, in_config: int) -> str:
     """
     return (f"the checkpoint predicts {in_checkpoint} classes, i.e. {in_checkpoint - 1} foreground classes "
             f"(+ background), but the config has {in_config - 1} foreground classes (+ background) in "
-            f"data.class_names; the inference tools take the classes from the config stored in the checkpoint "
-            f"unless data.class_names is overridden")
+            f"data.class_names")
 
 
 def _meta_difference(key: str, in_checkpoint: Any, in_config: Any) -> str:

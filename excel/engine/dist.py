@@ -125,6 +125,15 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     return box[0]
 
 
+def all_gather_object(obj: T) -> list[T]:
+    """Every process's picklable ``obj``, in rank order (``[obj]`` without a process group)."""
+    if not is_distributed() or get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    tdist.all_gather_object(out, obj)
+    return out
+
+
 def cleanup() -> None:
     """Leave the process group, if one was joined."""
     if is_distributed():

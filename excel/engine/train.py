@@ -25,6 +25,7 @@ from tqdm import tqdm
 from excel.cam import build_par, make_pseudo_labels, pseudo_label_kwargs
 from excel.config import save_config
 from excel.data import build_dataset
+from excel.data.voc import DatasetError, check_dataset
 from excel.engine import dist
 from excel.engine.checkpoint import (CheckpointError, check_compatible, latest_checkpoint, load_checkpoint,
                                      restore_rng_states, save_checkpoint)
@@ -108,6 +109,11 @@ class Trainer:
         if cfg.train.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"train.amp={cfg.train.amp!r}: expected none, bf16 or fp16")
         seed_everything(cfg.run.seed, cfg.run.deterministic)
+        # the data first: a bad file in either split stops the run in seconds, before any weights are read
+        self.train_set = build_dataset(cfg, cfg.data.train_split, stage="train")
+        self.val_set = build_dataset(cfg, cfg.eval.split, stage="val")
+        if cfg.data.check_files:
+            self._check_data()
 
         self.model: ExCEL = build_model(cfg, mode="train").to(device)
         self.ddp: torch.nn.Module = self.model
@@ -120,14 +126,41 @@ class Trainer:
             warmup_ratio=cfg.optim.warmup_ratio, max_iters=cfg.train.max_iters, power=cfg.optim.power)
         self.scaler = torch.amp.GradScaler("cuda", enabled=(cfg.train.amp == "fp16" and device.type == "cuda"))
         self.par = build_par(cfg).to(device)
-        self.train_set = build_dataset(cfg, cfg.data.train_split, stage="train")
-        self.val_set = build_dataset(cfg, cfg.eval.split, stage="val")
         self.start_iter = 0
         self._resume()
         self.tb = self._tensorboard()
         self.vis_indices = _spread(len(self.val_set), int(cfg.run.vis_samples)) if self.tb is not None else []
 
     # ----------------------------------------------------------------- setup helpers
+    def _check_data(self) -> None:
+        """Read every listed image header and mask of the train and val splits (each process a share, several
+        threads each): files exist, sizes agree, mask values lie in 0..C_fg or the ignore value.
+
+        Raises:
+            DatasetError: on every process, naming the count and the first bad files of all processes.
+        """
+        t0 = time.perf_counter()
+        problems: list[str] = []
+        for dataset in (self.train_set, self.val_set):
+            share = range(self.rank, len(dataset), self.world_size)
+            problems += [f"[{dataset.split}] {p}" for p in check_dataset(
+                dataset, raise_on_error=False, decode=False, indices=share, workers=max(1, self.cfg.data.num_workers),
+                progress=self.rank == 0)]
+        problems = [p for part in dist.all_gather_object(problems) for p in part]
+        total = len(self.train_set) + len(self.val_set)
+        if problems:
+            c = self.train_set.num_classes
+            hint = (f" (the config has {c} foreground classes + background in data.class_names: masks may hold "
+                    f"0..{c} and {self.cfg.data.ignore_index} = ignore)"
+                    if any("foreground classes + background" in p for p in problems) else "")
+            raise DatasetError(f"{len(problems)} of the {total} listed items of the train split "
+                               f"'{self.train_set.split}' and the val split '{self.val_set.split}' are bad, nothing "
+                               f"was trained: {'; '.join(problems[:5])}{'; ...' if len(problems) > 5 else ''}{hint}. "
+                               f"Fix the files, or leave them out of the lists (tools/prepare_voc.py --drop-bad); "
+                               f"data.check_files=false skips this check")
+        log.info("checked %d listed images and masks (train %s, val %s) in %.1f s", total, self.train_set.split,
+                 self.val_set.split, time.perf_counter() - t0)
+
     def _resume(self) -> None:
         spec = self.cfg.train.resume
         if spec is None:

@@ -41,6 +41,7 @@ def cfg(tmp_path):
     kb = make_kb(tmp_path / "kb.json")
     return load_config([REPO / "configs" / "voc.yaml", REPO / "configs" / "test_tiny.yaml"],
                        [f"tse.knowledge_base={kb}", f"tse.cache_dir={tmp_path / 'cache'}", "tse.num_clusters=5",
+                        "tse.min_sentences=1",  # 6 sentences a class keep the banks small
                         f"data.class_names=[{','.join(CLASSES)}]", "data.prompt_names=[]"])
 
 
@@ -197,7 +198,8 @@ def test_build_bank_tool(tmp_path, capsys):
     kb["bus"] = list(kb["car"])  # identical sentences: 18 distinct points in 18 clusters, bus shares car's 6
     (tmp_path / "kb.json").write_text(json.dumps(kb))
     argv = ["--config", str(REPO / "configs" / "test_tiny.yaml"), f"tse.knowledge_base={tmp_path / 'kb.json'}",
-            f"tse.cache_dir={tmp_path / 'cache'}", "tse.num_clusters=18", f"data.class_names=[{','.join(CLASSES)}]",
+            f"tse.cache_dir={tmp_path / 'cache'}", "tse.num_clusters=18", "tse.min_sentences=1",
+            f"data.class_names=[{','.join(CLASSES)}]",
             "data.prompt_names=[]"]
     bank = tool.main(argv)
     out = capsys.readouterr().out
@@ -235,6 +237,7 @@ def test_only_rank0_builds_under_distributed(tmp_path):
 
     kb = make_kb(tmp_path / "kb.json")
     cfg_args = [f"tse.knowledge_base={kb}", f"tse.cache_dir={tmp_path / 'cache'}", "tse.num_clusters=5",
+                "tse.min_sentences=1",
                 f"data.class_names=[{','.join(CLASSES)}]", "data.prompt_names=[]"]
     mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), cfg_args, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,28 @@ def test_shipped_knowledge_bases(config):
         assert len(sentences) == 20
         assert len(set(sentences)) == 20
         assert all(s.startswith("a clean origami ") for s in sentences)
+
+
+def test_a_class_with_too_few_sentences_is_refused(tmp_path):
+    kb = {"kiwi": [f"a clean origami kiwi. it has trait {i}." for i in range(20)],
+          "pear": [f"a clean origami pear. it has trait {i}." for i in range(3)]}
+    path = write_kb(tmp_path / "kb.json", kb)
+    with pytest.raises(KnowledgeBaseError) as info:
+        load_knowledge_base(path, ["kiwi", "pear"], min_sentences=10)
+    message = str(info.value)
+    assert message.startswith(f"{path}: 1 class(es) have fewer than tse.min_sentences=10 sentences: 'pear' has 3 ")
+    assert "'kiwi'" not in message
+    assert list(load_knowledge_base(path, ["kiwi", "pear"], min_sentences=3)) == ["kiwi", "pear"]
+
+
+def test_every_fallback_match_logs_the_key_it_used(caplog):
+    caplog.set_level(logging.WARNING, logger="excel.text.knowledge")
+    keys = ["green", "kiwi", "Dining_Table", "blowdrier"]
+    assert match_classes(keys, ["flimp", "kiwi", "dining table", "hair drier"],
+                         ["green square flimp", "kiwi fruit", "dining table", "hairdrier,blowdrier"]) == keys
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 3  # 'kiwi' is the class name itself: nothing to report
+    assert "class 'flimp' uses the key 'green' (the first word of the prompt name 'green square flimp')" in logged[0]
+    assert "class 'dining table' uses the key 'Dining_Table' (the normalised form of the class name " \
+           "('diningtable'))" in logged[1]
+    assert "class 'hair drier' uses the key 'blowdrier' (a part of the prompt name 'hairdrier,blowdrier')" in logged[2]

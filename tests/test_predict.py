@@ -15,6 +15,7 @@ from PIL import Image
 from excel.cam import PAR, make_pseudo_labels
 from excel.data import voc_palette
 from excel.engine.inference import load_trained_model, multiscale_logits
+from excel.text.knowledge import KnowledgeBaseError
 from excel.engine.predict import (Predictor, _output_names, collect_images, full_palette, parse_class_list,
                                   predict_config, read_class_file)
 
@@ -117,16 +118,19 @@ def test_training_free_with_knowledge_base_and_class_file(photo_dir, tmp_path):
     records = predict_tool.main([str(photo_dir / "sub"), "--out", str(out), "--classes-file",
                                  str(tmp_path / "classes.yaml"), "--knowledge-base", str(tmp_path / "kb.json"),
                                  "--config", str(REPO / "configs" / "test_tiny.yaml"),
-                                 f"tse.cache_dir={tmp_path / 'banks'}"])
+                                 f"tse.cache_dir={tmp_path / 'banks'}", "tse.min_sentences=4"])
     assert [r["name"] for r in records] == ["c"] and set(records[0]["cls_scores"]) == {"kitten", "puppy"}
     assert len(list((tmp_path / "banks").glob("*.pth"))) == 1  # the TSE bank was built on the fly and cached
-    cfg = predict_config([REPO / "configs" / "test_tiny.yaml"], [], vocabulary=read_class_file(tmp_path / "classes.yaml"),
-                         knowledge_base=str(tmp_path / "kb.json"))
+    cfg = predict_config([REPO / "configs" / "test_tiny.yaml"], ["tse.min_sentences=4"],
+                         vocabulary=read_class_file(tmp_path / "classes.yaml"), knowledge_base=str(tmp_path / "kb.json"))
     assert cfg.tse.enabled and cfg.tse.num_clusters == 3  # ceil(8 sentences * 112 / 400)
     assert list(cfg.data.background_names) == ["grass", "sky"]
-    kept = predict_config([REPO / "configs" / "test_tiny.yaml"], ["tse.num_clusters=5"],
+    kept = predict_config([REPO / "configs" / "test_tiny.yaml"], ["tse.num_clusters=5", "tse.min_sentences=4"],
                           vocabulary={"class_names": ["kitten", "puppy"]}, knowledge_base=str(tmp_path / "kb.json"))
     assert kept.tse.num_clusters == 5
+    with pytest.raises(KnowledgeBaseError, match="'kitten' has 4, 'puppy' has 4"):  # below the default of 10
+        predict_config([REPO / "configs" / "test_tiny.yaml"], [], vocabulary={"class_names": ["kitten", "puppy"]},
+                       knowledge_base=str(tmp_path / "kb.json"))
 
 
 def test_inputs_vocabulary_and_argument_errors(photo_dir, seg_checkpoint, tmp_path):

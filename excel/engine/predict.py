@@ -161,7 +161,8 @@ def set_vocabulary(cfg: DictConfig, class_names: Sequence[str], prompt_names: Se
         return cfg
     from excel.text.knowledge import load_knowledge_base
 
-    knowledge = load_knowledge_base(knowledge_base, list(class_names), list(cfg.data.prompt_names))
+    knowledge = load_knowledge_base(knowledge_base, list(class_names), list(cfg.data.prompt_names),
+                                    min_sentences=int(cfg.tse.min_sentences))
     cfg.tse.enabled = True
     cfg.tse.knowledge_base = str(knowledge_base)
     if not keep_num_clusters:

@@ -246,7 +246,7 @@ def _load_or_build(cfg: Any, clip_model: torch.nn.Module, tokenizer: Any, progre
         return ClusterBank(centers, flags, path, "cache")
     kb_path = resolve_path(cfg.tse.knowledge_base)
     knowledge = load_knowledge_base(kb_path, list(cfg.data.class_names), list(cfg.data.prompt_names),
-                                    tokenizer=tokenizer)
+                                    tokenizer=tokenizer, min_sentences=int(cfg.tse.min_sentences))
     log.info("TSE cluster bank: building %d clusters from %s (%d sentences)", int(cfg.tse.num_clusters), kb_path,
              sum(len(v) for v in knowledge.values()))
     centers, flags = build_cluster_bank(clip_model, tokenizer, knowledge, int(cfg.tse.num_clusters),

@@ -16,7 +16,9 @@ the file is used:
    with the normalised keys (``"dining table"`` -> ``diningtable``).
 
 Two classes resolving to the same key, or a class resolving to none, is an error naming the file and class.
-Keys that match no class are ignored (logged once).
+Any match other than the class name itself is logged with the key it used (a first word such as ``green`` for
+a prompt ``green square flimp`` may well be another thing). Keys that match no class are ignored (logged once).
+A class with fewer sentences than ``min_sentences`` (``tse.min_sentences``) is refused.
 """
 from __future__ import annotations
 
@@ -63,17 +65,19 @@ def normalize_name(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", name).lower()
 
 
-def _candidates(class_name: str, prompt_name: str | None) -> list[str]:
-    names = [class_name]
+def _candidates(class_name: str, prompt_name: str | None) -> list[tuple[str, str]]:
+    """The names tried for one class, in order, each with how it was derived (for the log of a fallback)."""
+    names = [(class_name, "the class name")]
     if prompt_name:
         parts = [p.strip() for p in prompt_name.split(",") if p.strip()]
-        names.extend(parts)
+        how = f"the prompt name {prompt_name!r}" if len(parts) == 1 else f"a part of the prompt name {prompt_name!r}"
+        names.extend((p, how) for p in parts)
         if parts:
-            names.append(parts[0].split()[0])
-    seen: list[str] = []
-    for n in names:
-        if n not in seen:
-            seen.append(n)
+            names.append((parts[0].split()[0], f"the first word of the prompt name {prompt_name!r}"))
+    seen: list[tuple[str, str]] = []
+    for n, how in names:
+        if n not in [m for m, _ in seen]:
+            seen.append((n, how))
     return seen
 
 
@@ -93,12 +97,17 @@ def match_classes(keys: Sequence[str], class_names: Sequence[str], prompt_names:
     owner: dict[str, str] = {}
     for name, prompt in zip(class_names, prompts):
         cands = _candidates(name, prompt)
-        key = next((c for c in cands if c in key_set), None)
-        if key is None:
-            key = next((by_norm[normalize_name(c)] for c in cands if normalize_name(c) in by_norm), None)
-        if key is None:
-            raise KnowledgeBaseError(f"{source}: no entry for class '{name}' (tried {cands} and their normalised "
-                                     f"forms); the file has keys {sorted(keys)}")
+        found = next(((c, how) for c, how in cands if c in key_set), None)
+        if found is None:
+            found = next(((by_norm[normalize_name(c)], f"the normalised form of {how} ({normalize_name(c)!r})")
+                          for c, how in cands if normalize_name(c) in by_norm), None)
+        if found is None:
+            raise KnowledgeBaseError(f"{source}: no entry for class '{name}' (tried {[c for c, _ in cands]} and "
+                                     f"their normalised forms); the file has keys {sorted(keys)}")
+        key, how = found
+        if key != name:
+            log.warning("%s: class '%s' uses the key '%s' (%s); check that it describes the same thing", source,
+                        name, key, how)
         if key in owner:
             raise KnowledgeBaseError(f"{source}: classes '{owner[key]}' and '{name}' both match the key '{key}'")
         owner[key] = name
@@ -142,8 +151,19 @@ def read_knowledge_json(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def check_sentence_counts(knowledge: dict[str, list[str]], min_sentences: int, source: str = "knowledge base") -> None:
+    """Refuse a class with fewer than ``min_sentences`` sentences (the message names the class and its count)."""
+    short = {c: len(v) for c, v in knowledge.items() if isinstance(v, list) and len(v) < min_sentences}
+    if short:
+        listed = ", ".join(f"'{c}' has {n}" for c, n in short.items())
+        raise KnowledgeBaseError(f"{source}: {len(short)} class(es) have fewer than tse.min_sentences={min_sentences} "
+                                 f"sentences: {listed} (TSE clusters the sentences of every class; the shipped files "
+                                 f"have 20 per class). Add sentences, or lower tse.min_sentences if that is intended")
+
+
 def load_knowledge_base(path: str | os.PathLike, class_names: Sequence[str],
-                        prompt_names: Sequence[str] | None = None, tokenizer: Any = None) -> dict[str, list[str]]:
+                        prompt_names: Sequence[str] | None = None, tokenizer: Any = None,
+                        min_sentences: int = 1) -> dict[str, list[str]]:
     """Read and validate a knowledge-base JSON file (ours or the authors').
 
     Args:
@@ -151,11 +171,13 @@ def load_knowledge_base(path: str | os.PathLike, class_names: Sequence[str],
         class_names: dataset class names in label order (``cfg.data.class_names``).
         prompt_names: optional prompt names aligned with ``class_names`` (used for key matching, see module doc).
         tokenizer: object with ``encode(str) -> list[int]`` to count tokens; None = open_clip's CLIP BPE.
+        min_sentences: the fewest sentences a class may have (``tse.min_sentences``).
     Returns:
         ``{class_names[i]: sentences}`` in label order.
     Raises:
         KnowledgeBaseError: missing file, bad JSON, a class without entry, an empty list, a non-string
-        sentence or one longer than 77 CLIP tokens (the message names the file, class and sentence).
+        sentence or one longer than 77 CLIP tokens, fewer than ``min_sentences`` sentences for a class (the
+        message names the file, class and sentence or count).
     """
     if not class_names:
         raise KnowledgeBaseError(f"no class names given to load the knowledge base {path} (data.class_names is empty)")
@@ -163,6 +185,7 @@ def load_knowledge_base(path: str | os.PathLike, class_names: Sequence[str],
     keys = match_classes(list(data), class_names, prompt_names, source=str(path))
     knowledge = {name: data[key] for name, key in zip(class_names, keys)}
     validate_sentences(knowledge, source=str(path), tokenizer=tokenizer)
+    check_sentence_counts(knowledge, int(min_sentences), source=str(path))
     return knowledge
 
 

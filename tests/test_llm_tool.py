@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
-import threading
-import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from _fake_llm import FakeOpenAI
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,69 +23,6 @@ tool = _load_tool()
 
 CLASSES = ["cat", "dog", "hot dog"]
 PROMPT = "CLASS=<{class_name}> N={n} OTHERS=<{other_classes}>"
-
-
-def good_answer(name: str, n: int) -> str:
-    return "\n".join(f"{i + 1}. It has visible part number {i + 1} of this {name}" for i in range(n))
-
-
-class FakeOpenAI:
-    """A threaded HTTP server on 127.0.0.1 implementing POST /v1/chat/completions.
-
-    ``script[class]`` is a list of (status, content) served in order for that class; afterwards a good answer.
-    Status 0 means: stall for 0.5 s, then answer well (slower than the client's timeout in the test).
-    ``counts`` counts requests per class; ``bodies`` keeps every request body.
-    """
-
-    def __init__(self, n: int = 3):
-        self.n = n
-        self.script: dict[str, list[tuple[int, str]]] = {}
-        self.counts: Counter = Counter()
-        self.bodies: list[dict] = []
-        self.lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                first_user = next(m["content"] for m in body["messages"] if m["role"] == "user")
-                name = re.search(r"CLASS=<([^>]*)>", first_user).group(1)
-                with fake.lock:
-                    fake.bodies.append(body)
-                    fake.counts[name] += 1
-                    queue = fake.script.get(name, [])
-                    status, content = queue.pop(0) if queue else (200, good_answer(name, fake.n))
-                if status == 0:
-                    time.sleep(0.5)
-                    status, content = 200, good_answer(name, fake.n)
-                if self.path != "/v1/chat/completions":
-                    status, content = 404, "no such route"
-                if status == 200:
-                    payload = {"id": "chatcmpl-test", "object": "chat.completion", "created": 0,
-                               "model": body["model"],
-                               "choices": [{"index": 0, "finish_reason": "stop",
-                                            "message": {"role": "assistant", "content": content}}],
-                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-                else:
-                    payload = {"error": {"message": content, "type": "server_error", "code": None}}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture()
@@ -184,10 +118,18 @@ def test_auth_failure_names_base_url_and_env_var(server, tmp_path, classes_file)
 
 
 def test_missing_key_is_a_clear_error(server, tmp_path, classes_file, monkeypatch):
+    """Without --base-url the key is needed (the hosted API): the error comes before any request."""
     monkeypatch.delenv("OPENAI_API_KEY")
-    with pytest.raises(tool.LLMToolError, match="OPENAI_API_KEY is not set"):
-        run_tool(server, tmp_path / "kb.json", classes_file)
-    assert sum(server.counts.values()) == 0
+    with pytest.raises(tool.LLMToolError, match="OPENAI_API_KEY is not set.*or give --base-url for a local server"):
+        tool.main(["--classes-file", str(classes_file), "--out", str(tmp_path / "kb.json")])
+    assert sum(server.counts.values()) == 0 and not (tmp_path / "kb.json").exists()
+
+
+def test_a_base_url_server_needs_no_key(server, tmp_path, classes_file, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    kb, _ = run_tool(server, tmp_path / "kb.json", classes_file)
+    assert list(kb) == CLASSES
+    assert {h.get("authorization") for h in server.headers} == {f"Bearer {tool.LOCAL_KEY_PLACEHOLDER}"}
 
 
 def test_resume_after_interruption_never_reasks_finished(server, tmp_path, classes_file):

@@ -8,7 +8,8 @@ transient API errors are retried with exponential backoff (``tse.llm.max_retries
 Finished classes are written to ``--out`` as they complete (atomic JSON), and a rerun resumes: classes already
 in the file are never asked again. Stored sentences are ``tse.prefix_template.format(class) + attribute``.
 
-The API key is read from the environment variable OPENAI_API_KEY only.
+The API key is read from the environment variable OPENAI_API_KEY only. A local server given with --base-url (or
+tse.llm.base_url) needs none: without the variable a placeholder key is sent.
 
     export OPENAI_API_KEY=sk-...
     python tools/build_knowledge_base.py --config configs/voc.yaml --out excel/knowledge/voc_knowledge_base.json
@@ -37,6 +38,7 @@ from excel.utils.io import atomic_write_json
 log = logging.getLogger("build_knowledge_base")
 
 API_KEY_ENV = "OPENAI_API_KEY"
+LOCAL_KEY_PLACEHOLDER = "no-key"  # sent to a --base-url server when $OPENAI_API_KEY is unset
 _TRANSIENT = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)  # timeouts included
 _ITEM_MARK = re.compile(r"^\s*(?:\(?\d{1,3}[.):\]]|[-*\u2022])\s+")
 
@@ -215,11 +217,15 @@ def main(argv: Sequence[str] | None = None, sleep: Callable[[float], None] = tim
         raise LLMToolError(f"-n/--num-sentences must be at least 1, got {n}")
     classes = read_classes(args, cfg)
     prefix_template = str(cfg.tse.prefix_template)
-    api_key = os.environ.get(API_KEY_ENV)
-    if not api_key:
-        raise LLMToolError(f"the environment variable {API_KEY_ENV} is not set; export your API key "
-                           f"(it is never read from a flag or a file)")
     base_url = args.base_url or llm.base_url or None
+    api_key = os.environ.get(API_KEY_ENV)
+    if not api_key and base_url is None:
+        raise LLMToolError(f"the environment variable {API_KEY_ENV} is not set; export your API key "
+                           f"(it is never read from a flag or a file), or give --base-url for a local server")
+    if not api_key:
+        api_key = LOCAL_KEY_PLACEHOLDER
+        log.info("%s is not set: sending the placeholder key %r to %s (a local server needs none)", API_KEY_ENV,
+                 api_key, base_url)
     client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=float(llm.timeout))
 
     out = Path(args.out)

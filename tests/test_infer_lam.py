@@ -174,3 +174,15 @@ def test_labels_and_crf_match_per_image_references(mini_voc, seg_checkpoint, tmp
         np.testing.assert_array_equal(written_crf, crf)
         unlike_after_par += int((crf != crf_after_par).sum())
     assert unlike_after_par > 0  # the CRF input matters: scores after PAR would give other labels
+
+
+def test_the_split_is_checked_before_the_weights_are_read(tmp_path):
+    """A missing list is named first, not the CLIP weights that building the model would look for next."""
+    from excel.data import DatasetError
+    from excel.engine.infer_lam import run_infer_lam
+
+    cfg = load_config(TINY_STACK, [f"data.root={tmp_path}", "model.clip.name=ViT-B-16",
+                                   f"model.clip.pretrained={tmp_path / 'no_weights.pt'}",
+                                   f"infer.output_dir={tmp_path / 'out'}", "infer.split=val"])
+    with pytest.raises(DatasetError, match=f"split list file not found: {tmp_path / 'lists' / 'val.txt'}"):
+        run_infer_lam(cfg)

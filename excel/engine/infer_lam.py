@@ -213,8 +213,8 @@ def run_infer_lam(cfg: DictConfig) -> dict[str, Any]:
     group = 1 if checkpoint else int(cfg.infer.batch_size)
     log.info("infer_lam on split %s (%s mode, %d image(s) per forward), output %s", split,
              "checkpoint" if checkpoint else "training-free", group, out_dir)
+    dataset = build_dataset(cfg, split, stage="val")  # the list and folders are checked before any weights are read
     model = load_trained_model(cfg, checkpoint, device, mode=split)
-    dataset = build_dataset(cfg, split, stage="val")
     run = _LamRun(cfg, out_dir, model, device)
     t_start = time.perf_counter()
     pending: list[dict[str, Any]] = []

@@ -6,4 +6,23 @@ source "$(dirname "$0")/scripts/_env.sh"
 excel_env
 cd "$EXCEL_ROOT"
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-exec "$PYTHON" -m pytest -q "$@"
+# Quiet by default; whatever -q/-v flags are passed, pytest keeps its summary line (it drops it below -1).
+level=0
+given=0
+for arg in "$@"; do
+    case "$arg" in
+        --quiet) level=$((level - 1)); given=1 ;;
+        --verbose) level=$((level + 1)); given=1 ;;
+        --verbosity=*) level=${arg#--verbosity=}; given=1 ;;
+        -*)
+            if [[ "$arg" =~ ^-[qvxsl]+$ ]]; then
+                q=${arg//[^q]/}
+                v=${arg//[^v]/}
+                level=$((level - ${#q} + ${#v}))
+                if [ -n "$q$v" ]; then given=1; fi
+            fi ;;
+    esac
+done
+if [ "$given" = 0 ]; then level=-1; fi
+if [ "$level" -lt -1 ]; then level=-1; fi
+exec "$PYTHON" -m pytest "$@" --verbosity="$level"

@@ -98,3 +98,17 @@ def test_bad_files_in_either_split_stop_training_before_the_first_iteration(mini
     assert f"[train] id '{train[4]}' is listed in" in message and "does not exist" in message
     assert "masks may hold 0..20 and 255 = ignore" in message and "\n" not in message
     assert not (work / "metrics.jsonl").exists() and seconds < 30
+
+
+def test_a_short_knowledge_base_is_refused_before_any_weights_are_read(mini_voc, tmp_path):
+    from excel.config import load_config
+    from excel.text.knowledge import KnowledgeBaseError
+    from scripts.train_voc import main
+
+    names = list(load_config([REPO / "configs" / "voc.yaml"]).data.class_names)
+    kb = {c: [f"a clean origami {c}. it shows detail {i}." for i in range(12)] for c in names}
+    kb["cat"] = kb["cat"][:3]
+    (tmp_path / "kb.json").write_text(json.dumps(kb))
+    with pytest.raises(KnowledgeBaseError, match=r"fewer than tse.min_sentences=10 sentences: 'cat' has 3 "):
+        main(["--config", TINY, f"data.root={mini_voc}", f"run.work_dir={tmp_path / 'wd'}",
+              f"tse.knowledge_base={tmp_path / 'kb.json'}", f"model.clip.pretrained={tmp_path / 'absent.pt'}"])

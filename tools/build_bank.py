@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from typing import Sequence
 
@@ -18,7 +19,8 @@ import torch
 
 from excel.backbone import load_clip, load_tokenizer
 from excel.config import ConfigError, load_config, resolve_device
-from excel.text.cluster_bank import ClusterBank, bank_cache_path, prepare_cluster_bank
+from excel.engine.cli import run_cli
+from excel.text.cluster_bank import ClusterBank, bank_cache_path, check_text_sources, prepare_cluster_bank
 
 log = logging.getLogger("build_bank")
 
@@ -47,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> ClusterBank:
     cfg = load_config(args.config, args.overrides)
     if not cfg.tse.enabled or not (cfg.tse.bank_file or cfg.tse.knowledge_base):
         raise ConfigError("nothing to build: set tse.enabled=true and tse.knowledge_base (or tse.bank_file)")
+    check_text_sources(cfg)  # before any CLIP weights are read
 
     torch.manual_seed(int(cfg.run.seed))  # a random-init model (pretrained=null) is then the same on every run
     clip_cfg = cfg.model.clip
@@ -79,4 +82,4 @@ def main(argv: Sequence[str] | None = None) -> ClusterBank:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main()
+    sys.exit(run_cli(main, sys.argv[1:]))

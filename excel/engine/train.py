@@ -35,6 +35,7 @@ from excel.engine.sampler import InfiniteSampler, SeededItems
 from excel.engine.validate import validate, visual_samples
 from excel.losses import affinity_labels, affinity_loss, balanced_seg_loss
 from excel.model import ExCEL, build_model
+from excel.text.cluster_bank import check_text_sources
 from excel.utils.io import atomic_write_text
 from excel.utils.logging import git_revision, setup_logging
 from excel.utils.vis import sample_grid, write_curves
@@ -114,6 +115,7 @@ class Trainer:
         self.val_set = build_dataset(cfg, cfg.eval.split, stage="val")
         if cfg.data.check_files:
             self._check_data()
+        check_text_sources(cfg)  # the knowledge base too, before CLIP is loaded
 
         self.model: ExCEL = build_model(cfg, mode="train").to(device)
         self.ddp: torch.nn.Module = self.model

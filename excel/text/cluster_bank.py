@@ -268,6 +268,24 @@ def _check_bank(centers: Tensor, flags: Tensor, path: Path, clip_model: torch.nn
                                f"has {n_cls} classes (a bank for another dataset?)")
 
 
+def check_text_sources(cfg: Any) -> None:
+    """Check what the bank will be made from, before any CLIP weights are read: ``tse.bank_file`` exists, or the
+    ``tse.knowledge_base`` loads for the config's classes (keys, sentence lengths, ``tse.min_sentences``).
+
+    Raises:
+        ClusterBankError, KnowledgeBaseError: naming the file and what is wrong.
+    """
+    if not cfg.tse.enabled:
+        return
+    if cfg.tse.bank_file:
+        path = resolve_path(cfg.tse.bank_file)
+        if not path.is_file():
+            raise ClusterBankError(f"tse.bank_file: cluster bank file not found: {path}")
+    elif cfg.tse.knowledge_base:
+        load_knowledge_base(resolve_path(cfg.tse.knowledge_base), list(cfg.data.class_names),
+                            list(cfg.data.prompt_names), min_sentences=int(cfg.tse.min_sentences))
+
+
 def prepare_cluster_bank(cfg: Any, clip_model: torch.nn.Module, tokenizer: Any,
                          progress: bool = True) -> ClusterBank | None:
     """The bank the config asks for, with its origin; None when TSE is off or has no source.

@@ -225,7 +225,7 @@ def test_coco_style_scoring_matches_reference(tmp_path):
     assert result["scores"]["crf"]["miou"] == pytest.approx(reference_miou(refined, gts, 81), abs=1e-9)
     assert Path(result["output_dir"]) == tmp_path / "work" / "infer_seg_coco_val"
     # a VOC checkpoint is refused by the COCO config: the message names the class count
-    with pytest.raises(CheckpointError, match="num_classes"):
+    with pytest.raises(CheckpointError, match=r"20 foreground classes \(\+ background\), but the config has 80 "):
         load_trained_model(cfg, _voc_ckpt_for(cfg, tmp_path), torch.device("cpu"))
 
 
@@ -263,7 +263,7 @@ def test_checkpoint_prefixes_and_refusals(seg_checkpoint, ref_model, tmp_path):
     full["module.visual.vit.positional_embedding"] = torch.zeros(5, 3)  # discarded, whatever its shape
     load_model_weights(model, full)
     other = dict(state, **{"classifier.weight": torch.zeros(81, 256, 1, 1), "classifier.bias": torch.zeros(81)})
-    with pytest.raises(CheckpointError, match=r"81 classes .* config has 21"):
+    with pytest.raises(CheckpointError, match=r"predicts 81 classes, i.e. 80 foreground classes \(\+ background\), but the config has 20 "):
         load_model_weights(model, other)
     wide = dict(state, **{"fusion.fc1_weight": torch.zeros(12, 256, 768)})
     with pytest.raises(CheckpointError, match=r"width 768 .*model.clip.name"):

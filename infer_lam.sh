@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Training-free (or checkpoint) pseudo labels and their mIoU. Usage (as the seed):
+# Training-free (or checkpoint) pseudo labels and their mIoU. Usage (as the reference's script):
 #   bash infer_lam.sh tools/infer_lam.py [gpu_device=0] [gpu_number=1] [infer_set=train] [checkpoint_path=""] [key=value ...]
 # Extra key=value overrides (e.g. data.root=..., --config configs/coco.yaml) are passed through.
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Multi-scale + flip segmentation inference on COCO (optional CRF). Usage (as the seed):
+# Multi-scale + flip segmentation inference on COCO (optional CRF). Usage (as the reference's script):
 #   bash infer_seg_coco.sh tools/infer_lam.py [gpu_device=0] [gpu_number=1] [infer_set=val] [checkpoint_path] [key=value ...]
 # The seed passes a tool path first; it is accepted, and the COCO segmentation tool is what runs.
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train ExCEL. Usage (as the seed):
+# Train ExCEL. Usage (as the reference's script):
 #   bash run_train.sh scripts/train_voc.py [gpu_devices=0] [gpu_number=1] [master_port=29501] [log_tag=""] [key=value ...]
 # Examples:
 #   bash run_train.sh scripts/train_voc.py 0,1 2 29501 exp1 data.root=/data/VOC2012

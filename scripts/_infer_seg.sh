@@ -1,4 +1,4 @@
-# Shared body of infer_seg_voc.sh / infer_seg_coco.sh (sourced): the seed's positional arguments
+# Shared body of infer_seg_voc.sh / infer_seg_coco.sh (sourced): the reference's positional arguments
 #   TOOL_AS_GIVEN [gpu_device=0] [gpu_number=1] [infer_set=val] [checkpoint_path] [key=value ...]
 # The seed passes a tool path first; it is accepted and ignored: $EXCEL_SEG_TOOL is what runs.
 excel_infer_seg() {

@@ -1,4 +1,4 @@
-# Shared launcher: torchrun with the seed's positional arguments. Sourced by run_train.sh and infer_*.sh.
+# Shared launcher: torchrun with the reference's positional arguments. Sourced by run_train.sh and infer_*.sh.
 # excel_launch SCRIPT GPU_DEVICES GPU_NUMBER MASTER_PORT [extra args ...]
 excel_launch() {
     local script="$1" devices="$2" nproc="$3" port="$4"

@@ -4,7 +4,7 @@ One process (CPU or one GPU):
     python scripts/train_voc.py data.root=/data/VOC2012
 torchrun, 2 GPUs (nccl; gloo on CPU):
     torchrun --nproc_per_node=2 scripts/train_voc.py data.root=/data/VOC2012
-or with the seed's wrapper:
+or with the reference's wrapper:
     bash run_train.sh scripts/train_voc.py 0,1 2 29501 my_tag data.root=/data/VOC2012
 Resume: add train.resume=auto. Ablations: --config configs/ablations/<name>.yaml.
 """

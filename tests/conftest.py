@@ -46,7 +46,7 @@ def mini_voc(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def seg_checkpoint(mini_voc, tmp_path_factory):
-    """Inference engineer: a decoder-only checkpoint of the tiny model for ``mini_voc`` whose classifier is
+    """A decoder-only checkpoint of the tiny model for ``mini_voc`` whose classifier is
     fitted in closed form (ridge regression of the one-hot grid labels of the train images on the decoder
     features), so that predictions are better than chance; plus the overrides that rebuild the same model.
 

@@ -29,7 +29,7 @@ def _env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_infer_lam_sh_writes_labels_overlays_crf_and_table(mini_voc, tmp_path):
-    """The seed's usage: bash infer_lam.sh TOOL GPU NGPU SPLIT CKPT [overrides]; on CPU it says so and runs."""
+    """The reference's usage: bash infer_lam.sh TOOL GPU NGPU SPLIT CKPT [overrides]; on CPU it says so and runs."""
     out = tmp_path / "lam"
     cmd = ["bash", str(REPO / "infer_lam.sh"), "tools/infer_lam.py", "0", "1", "train", "", "--config", TINY,
            f"data.root={mini_voc}", f"tse.cache_dir={tmp_path / 'banks'}", f"infer.output_dir={out}",

@@ -1,4 +1,4 @@
-"""The seed's shell entry points keep their positional usage: run_train.sh and infer_seg_voc.sh on CPU."""
+"""The reference's shell entry points keep their positional usage: run_train.sh and infer_seg_voc.sh on CPU."""
 from __future__ import annotations
 
 import json

@@ -147,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"segmentation after training (val) mIoU {100 * summary['seg_miou']:.1f} (MS+flip)"
           f"   + CRF {100 * summary['seg_crf_miou']:.1f}     [{args.num_val} val images]")
     print(f"overlays    {out / 'pseudo_labels' / 'overlays'}  and  {out / 'predictions' / 'overlays'}")
+    print(f"reports     {lam.get('report')}\n            {seg.get('report')}\n"
+          f"            {out / 'predictions' / 'report.html'}   (open in a browser: tables, heat maps, worst first)")
     print(f"total time  {summary['seconds']:.0f} s")
     return summary
 

@@ -1,4 +1,4 @@
-"""Loading the frozen open_clip model (spec 1.1) and its tokenizer.
+"""Loading the frozen open_clip model (algorithm.md §1.1) and its tokenizer.
 
 ``excel/backbone/model_configs/*.json`` (the tiny ``excel-tiny`` test architecture) are registered with open_clip
 on first use, so they build like any built-in name.
@@ -50,7 +50,7 @@ def _is_torchscript_archive(path: str) -> bool:
 def _load_torchscript_weights(model: nn.Module, path: str) -> None:
     """Copy the weights of an OpenAI JIT archive into ``model``.
 
-    OpenAI stores fp16 values; copying them into the fp32 model gives fp16-rounded fp32 weights (spec 1.1).
+    OpenAI stores fp16 values; copying them into the fp32 model gives fp16-rounded fp32 weights (algorithm.md §1.1).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
@@ -130,7 +130,7 @@ def load_clip(name: str, pretrained: str | None, force_quick_gelu: bool = True,
             organism weights (with ``excel-organism``); or a local checkpoint file (OpenAI's TorchScript
             ``ViT-B-16.pt``, an organism weight file or any open_clip checkpoint), as a path or as a file name
             inside ``cache_dir``.
-        force_quick_gelu: build QuickGELU MLPs (the OpenAI weights need them, spec 1.1).
+        force_quick_gelu: build QuickGELU MLPs (the OpenAI weights need them, algorithm.md §1.1).
         cache_dir: open_clip download cache folder (None = open_clip's default).
     Returns:
         ``open_clip.CLIP`` on the CPU in fp32, eval mode, ``requires_grad_(False)``.

@@ -137,7 +137,7 @@ def make_synthetic_coco(root: str | os.PathLike, num_train: int = 6, num_val: in
     """Generate a COCO-2014-style mini dataset (labels 0..80, 255 ignore) and return ``root``.
 
     ``layout="reference"``: ``JPEGImages/{train,val}/COCO_{train,val}2014_<12 digits>.jpg`` and
-    ``SegmentationClass/{train,val}/<12 digits>.png`` (spec 10.2). ``layout="readme"``: ``{train,val}2014/<name>.jpg``
+    ``SegmentationClass/{train,val}/<12 digits>.png`` (algorithm.md §10.2). ``layout="readme"``: ``{train,val}2014/<name>.jpg``
     and ``SegmentationClass/{train,val}2014/<name>.png``. The second training image is greyscale.
     Lists ``lists/{train,val,val_part}.txt`` and ``lists/cls_labels_onehot.npy`` (keyed by full name).
     """

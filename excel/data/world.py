@@ -40,7 +40,7 @@ SHAPE_WORDS: dict[str, tuple[str, str]] = {
 PATTERN_WORDS: dict[str, str] = {"plain": "a plain surface without marks", "stripes": "dark diagonal stripes",
                                  "spots": "dark round spots", "checks": "a checkered pattern of squares"}
 
-# Background stuff: kind -> the VOC background names that describe it (spec 2.2).
+# Background stuff: kind -> the VOC background names that describe it (algorithm.md §2.2).
 STUFF_WORDS: dict[str, tuple[str, ...]] = {
     "sky": ("sky",), "cloud": ("cloud",), "grass": ("grass",), "water": ("water", "lake", "river", "sea", "ocean"),
     "road": ("road", "street"), "ground": ("ground", "land"), "wall": ("wall",), "building": ("building", "house"),

@@ -1,7 +1,6 @@
 """Text side: prompt encoding, the text bank and TSE (algorithm.md §2, §3).
 
-bank.py (prompts, TSE aggregation, text bank) is owned by the core engineer; knowledge.py and cluster_bank.py
-(knowledge bases, cluster banks) by the TSE engineer, who adds further exports of those files here.
+bank.py: prompts, TSE aggregation, the text bank; knowledge.py and cluster_bank.py: knowledge bases, cluster banks.
 """
 from excel.text.bank import build_text_bank, encode_prompts, num_masked, tse_aggregate
 from excel.text.cluster_bank import (ClusterBank, ClusterBankError, build_cluster_bank, get_cluster_bank,

@@ -2,7 +2,6 @@
 from Annotations/*.xml (algorithm.md §10.1, §10.2). Generated data, with masks emptied and XML files written here."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -12,18 +11,7 @@ from PIL import Image
 from excel.data import VOC_CLASSES, make_synthetic_coco
 from excel.data.prepare import prepare_coco
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def read_lines(path: Path) -> list[str]:
-    return path.read_text().split()
+from _tools import REPO, load_tool, read_lines  # noqa: E402
 
 
 def load_table(path: Path) -> dict[str, np.ndarray]:

@@ -1,7 +1,6 @@
 """The generated mini dataset, and tools/prepare_voc.py / prepare_coco.py on it (and on broken copies)."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -12,18 +11,7 @@ from PIL import Image
 from excel.data import make_synthetic_coco, make_synthetic_voc
 from excel.data.synthetic import ignore_band
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def read_lines(path: Path) -> list[str]:
-    return path.read_text().split()
+from _tools import REPO, load_tool, read_lines  # noqa: E402
 
 
 def all_files(root: Path) -> dict[str, bytes]:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from excel.evaluation import CRF_DEFAULTS, CRFPool, crf_params, dense_crf
+from excel.evaluation.crf import kept_labels
 
 
 def two_region_case(seed: int = 0, h: int = 36, w: int = 44):
@@ -86,3 +87,84 @@ def test_dense_crf_accepts_a_read_only_image():
     probs = np.stack([np.full((6, 7), 0.8, np.float32), np.full((6, 7), 0.2, np.float32)])
     q = dense_crf(image, probs)
     assert q.shape == (2, 6, 7) and np.allclose(q.sum(0), 1, atol=1e-4) and (q.argmax(0) == 0).all()
+
+
+def many_label_case(seed: int, num_classes: int, h: int = 40, w: int = 48, sharp: float = 3.0):
+    """Sharpened random logits (smooth 8x8-cell noise + a little pixel noise) where background and three other
+    classes dominate, each winning inside its own box; the image colours follow the boxes."""
+    rng = np.random.default_rng(seed)
+    lab = np.zeros((h, w), dtype=np.int64)
+    dominant = np.concatenate([[0], rng.choice(np.arange(1, num_classes), 3, replace=False)])
+    for c in dominant[1:]:
+        y, x = rng.integers(0, h - 14), rng.integers(0, w - 16)
+        lab[y:y + 14, x:x + 16] = c
+    colours = rng.integers(0, 256, (num_classes, 3))
+    image = np.clip(colours[lab] + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+    logits = rng.normal(0, 1, (num_classes, h // 8 + 1, w // 8 + 1)).repeat(8, 1).repeat(8, 2)[:, :h, :w]
+    logits = logits + rng.normal(0, 0.3, (num_classes, h, w))
+    logits[dominant] += 4.0
+    logits[lab, np.arange(h)[:, None], np.arange(w)] += 3.0
+    z = sharp * logits
+    p = np.exp(z - z.max(0))
+    return image, (p / p.sum(0)).astype(np.float32)
+
+
+def test_pruned_crf_equals_full_when_dropped_labels_are_tiny():
+    image, _, two = two_region_case(seed=2, h=20, w=24)
+    tiny = np.full((4, 20, 24), 1e-7, dtype=np.float32)  # clipped to 1e-5: a unary of 11.5 everywhere
+    probs = np.concatenate([two[:1], tiny[:2], two[1:], tiny[2:]])  # labels 0 and 3 carry the image
+    np.testing.assert_array_equal(kept_labels(probs, 1e-3), [0, 3])
+    full = dense_crf(image, probs, iter_max=5)
+    pruned = dense_crf(image, probs, iter_max=5, prune_below=1e-3)
+    assert pruned.shape == full.shape and pruned.dtype == np.float32
+    np.testing.assert_array_equal(pruned[[1, 2, 4, 5]], 0.0)
+    np.testing.assert_allclose(pruned.sum(0), 1.0, atol=1e-4)
+    np.testing.assert_allclose(pruned, full, atol=1e-3)  # the dropped labels hold < 1e-3 of the full Q
+    np.testing.assert_array_equal(pruned.argmax(0), full.argmax(0))
+    # background stays even when it is tiny; a threshold of 0 keeps every label
+    np.testing.assert_array_equal(kept_labels(probs[[1, 3]], 1e-3), [0, 1])
+    np.testing.assert_array_equal(kept_labels(probs, 0.0), np.arange(6))
+    with pytest.raises(ValueError, match="prune_below"):
+        kept_labels(probs, 1.5)
+
+
+def test_prune_below_none_is_the_old_full_crf_exactly():
+    image, probs = many_label_case(seed=3, num_classes=21, h=24, w=32)
+    energy = -np.log(np.clip(probs, 1e-5, 1.0))
+    expected = dense_crf(image, energy, iter_max=4, unary="raw")  # the full CRF, no pruning involved
+    np.testing.assert_array_equal(dense_crf(image, probs, iter_max=4, prune_below=None), expected)
+    np.testing.assert_array_equal(dense_crf(image, probs, iter_max=4), expected)  # None is the default
+    assert crf_params(None)["prune_below"] == CRF_DEFAULTS["prune_below"] == 1e-3
+    assert crf_params({"prune_below": None})["prune_below"] is None
+
+
+@pytest.mark.parametrize("num_classes", [21, 81])
+def test_pruned_crf_agrees_with_full_on_random_many_label_scores(num_classes):
+    image, probs = many_label_case(seed=num_classes, num_classes=num_classes)
+    keep = kept_labels(probs, 1e-3)
+    assert 4 <= len(keep) < num_classes  # the case does prune, and keeps the dominant classes
+    full = dense_crf(image, probs).argmax(0)
+    pruned = dense_crf(image, probs, prune_below=1e-3).argmax(0)
+    assert (full == pruned).mean() >= 0.999
+
+
+def test_crf_pool_passes_prune_below_and_ships_only_kept_labels():
+    image, probs = many_label_case(seed=5, num_classes=21, h=24, w=32)
+    keep = kept_labels(probs, 1e-2)
+    assert len(keep) < 21
+    expected = dense_crf(image, probs, iter_max=4, prune_below=1e-2)
+    with CRFPool(num_workers=0, iter_max=4, prune_below=1e-2) as inline:
+        assert inline.params["prune_below"] == 1e-2
+        inline.submit(image, probs.astype(np.float64), meta="a")
+        (_, q), = list(inline.results())
+    np.testing.assert_allclose(q, expected, atol=1e-6)
+    np.testing.assert_array_equal(q[np.setdiff1d(np.arange(21), keep)], 0.0)
+    with CRFPool(num_workers=1, labels_only=True, iter_max=4, prune_below=1e-2) as pool:
+        pool.submit(image, probs, meta="b")
+        (_, lab), = list(pool.results())
+    np.testing.assert_array_equal(lab, expected.argmax(0))
+    # the job itself only receives the kept labels' scores, as float32
+    from excel.evaluation.crf import _crf_job
+    sub = np.ascontiguousarray(probs[keep], dtype=np.float32)
+    np.testing.assert_array_equal(_crf_job(image, sub, keep, 21, crf_params({"iter_max": 4}), True),
+                                  expected.argmax(0))

@@ -9,11 +9,38 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-CRF_DEFAULTS = {"iter_max": 10, "pos_xy_std": 1, "pos_w": 3, "bi_xy_std": 67, "bi_rgb_std": 3, "bi_w": 4}
+CRF_DEFAULTS = {"iter_max": 10, "pos_xy_std": 1, "pos_w": 3, "bi_xy_std": 67, "bi_rgb_std": 3, "bi_w": 4,
+                "prune_below": 1e-3}
+
+
+def kept_labels(probs: np.ndarray, prune_below: float | None, unary: str = "softmax") -> np.ndarray:
+    """Labels that can matter to the CRF: background (0) and every label whose probability reaches ``prune_below``
+    at some pixel (for ``unary="raw"``: whose energy falls to -log(prune_below) somewhere).
+
+    Args:
+        probs: (C, H, W) scores as :func:`dense_crf` takes them.
+        prune_below: the threshold; None keeps every label.
+    Returns:
+        (K,) int64 label indices, ascending, 0 first.
+    """
+    num_classes = probs.shape[0]
+    if prune_below is None:
+        return np.arange(num_classes)
+    prune_below = float(prune_below)
+    if not 0.0 <= prune_below < 1.0:
+        raise ValueError(f"prune_below must be null or in [0, 1), got {prune_below}")
+    flat = probs.reshape(num_classes, -1)
+    if unary == "raw":
+        keep = flat.min(1) <= (-np.log(prune_below) if prune_below > 0 else np.inf)
+    else:
+        keep = flat.max(1) >= prune_below
+    keep[0] = True
+    return np.flatnonzero(keep)
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, iter_max: int = 10, pos_xy_std: float = 1, pos_w: float = 3,
-              bi_xy_std: float = 67, bi_rgb_std: float = 3, bi_w: float = 4, unary: str = "softmax") -> np.ndarray:
+              bi_xy_std: float = 67, bi_rgb_std: float = 3, bi_w: float = 4, unary: str = "softmax",
+              prune_below: float | None = None) -> np.ndarray:
     """Mean-field dense CRF with a Gaussian and a bilateral kernel.
 
     Args:
@@ -22,6 +49,8 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, iter_max: int = 10, pos_xy_s
             un-normalised [bg, r_c...] stack of algorithm.md §9.4) and the unary is -log(clip(p, 1e-5, 1));
             ``unary="raw"``: ``probs`` already is the unary energy and is used as is.
         iter_max, pos_*, bi_*: kernel settings (reference: 10, sxy 1 / compat 3, sxy 67 / srgb 3 / compat 4).
+        prune_below: run the CRF over :func:`kept_labels` only (background and the labels reaching this probability
+            somewhere), which is much faster with many labels; the dropped labels get Q = 0. None: every label.
     Returns:
         Q (C, H, W) float32, the approximate marginals (each pixel sums to 1).
     """
@@ -36,12 +65,17 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, iter_max: int = 10, pos_xy_s
     if probs.ndim != 3 or probs.shape[1:] != image.shape[:2]:
         raise ValueError(f"dense_crf needs probs (C, H, W) matching the image {image.shape[:2]}, got {probs.shape}")
     num_classes, h, w = probs.shape
+    if unary not in ("softmax", "raw"):
+        raise ValueError(f"unary must be 'softmax' or 'raw', got {unary!r}")
+    keep = kept_labels(probs, prune_below, unary)
+    if len(keep) < num_classes:
+        q = np.zeros((num_classes, h, w), dtype=np.float32)
+        q[keep] = dense_crf(image, probs[keep], iter_max, pos_xy_std, pos_w, bi_xy_std, bi_rgb_std, bi_w, unary)
+        return q
     if unary == "softmax":
         energy = -np.log(np.clip(probs.astype(np.float32), 1e-5, 1.0))
     elif unary == "raw":
         energy = probs.astype(np.float32)
-    else:
-        raise ValueError(f"unary must be 'softmax' or 'raw', got {unary!r}")
     crf = dcrf.DenseCRF2D(w, h, num_classes)
     crf.setUnaryEnergy(np.ascontiguousarray(energy.reshape(num_classes, -1), dtype=np.float32))
     crf.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w)
@@ -60,9 +94,17 @@ def crf_params(node: Mapping[str, Any] | None) -> dict[str, Any]:
     return params
 
 
-def _crf_job(image: np.ndarray, probs: np.ndarray, params: dict[str, Any], labels_only: bool) -> np.ndarray:
-    q = dense_crf(image, probs, **params)
-    return q.argmax(0).astype(np.uint8) if labels_only else q
+def _crf_job(image: np.ndarray, probs: np.ndarray, keep: np.ndarray, num_classes: int, params: dict[str, Any],
+             labels_only: bool) -> np.ndarray:
+    """One pool job: the CRF over the kept labels' scores ``probs`` (K, H, W), mapped back to ``num_classes``."""
+    q = dense_crf(image, probs, **dict(params, prune_below=None))
+    if labels_only:
+        return keep[q.argmax(0)].astype(np.uint8)
+    if len(keep) == num_classes:
+        return q
+    full = np.zeros((num_classes, *q.shape[1:]), dtype=np.float32)
+    full[keep] = q
+    return full
 
 
 class CRFPool:
@@ -71,6 +113,7 @@ class CRFPool:
     ``submit(image, probs, meta)`` queues a job (blocking only while ``max_pending`` jobs are running);
     ``results()`` yields ``(meta, out)`` in submission order until every job is done, where ``out`` is Q (C, H, W)
     or, with ``labels_only``, the argmax (H, W) uint8. ``num_workers=0`` runs each job inline in ``submit``.
+    With ``prune_below`` only the kept labels' scores travel to the worker, as float32.
     Use as a context manager so the workers are shut down.
     """
 
@@ -86,14 +129,17 @@ class CRFPool:
 
     def submit(self, image: np.ndarray, probs: np.ndarray, meta: Any = None) -> None:
         """Queue the CRF of ``image`` (H, W, 3) uint8 with ``probs`` (C, H, W); ``meta`` comes back with the result."""
+        probs = np.asarray(probs)
+        keep = kept_labels(probs, self.params["prune_below"])
+        job = (np.ascontiguousarray(image), np.ascontiguousarray(probs[keep], dtype=np.float32), keep,
+               probs.shape[0], self.params, self.labels_only)
         if self._executor is None:
-            self._pending.append((meta, _crf_job(image, probs, self.params, self.labels_only)))
+            self._pending.append((meta, _crf_job(*job)))
             return
         running = [f for _, f in self._pending if isinstance(f, cf.Future) and not f.done()]
         if len(running) >= self.max_pending:
             cf.wait(running, return_when=cf.FIRST_COMPLETED)
-        future = self._executor.submit(_crf_job, np.ascontiguousarray(image), np.ascontiguousarray(probs),
-                                       self.params, self.labels_only)
+        future = self._executor.submit(_crf_job, *job)
         self._pending.append((meta, future))
 
     def ready(self) -> Iterator[tuple[Any, np.ndarray]]:

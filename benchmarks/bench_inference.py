@@ -1,9 +1,13 @@
 """Seconds per image of multi-scale + flip segmentation inference and of the dense CRF (algorithm.md §9.2, §9.3).
 
     python benchmarks/bench_inference.py [--dataset voc coco] [--repeats 3] [--size 375 500] [--threads 2]
+                                         [--crf-workers 8] [--skip-model]
 
 ViT-B/16 random init (model.clip.pretrained=null), the dataset config's scales and flip rule, one random image of
 the given size; the CRF runs on the softmax of the averaged logits at full resolution with the reference settings.
+Then the CRF alone, full against pruned (``infer.crf_params.prune_below``), at 21 and 81 labels on sharpened random
+logits where background and three classes dominate, with the projected CRF wall time of COCO val (40,137 images) on
+``--crf-workers`` processes.
 """
 from __future__ import annotations
 
@@ -18,7 +22,51 @@ import torch.nn.functional as F
 
 from excel.config import CONFIG_DIR, load_config
 from excel.engine.inference import build_seeded_model, logit_size, multiscale_logits
-from excel.evaluation import dense_crf
+from excel.evaluation import CRF_DEFAULTS, dense_crf
+from excel.evaluation.crf import kept_labels
+
+COCO_VAL_IMAGES = 40137
+
+
+def many_label_scores(num_classes: int, h: int, w: int, seed: int = 0,
+                      sharp: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """An (H, W, 3) uint8 image and (C, H, W) softmax scores: smooth random logits (8x8-pixel cells), background and
+    three other classes lifted everywhere and each winning in its own box, sharpened by ``sharp``."""
+    rng = np.random.default_rng(seed)
+    lab = np.zeros((h, w), dtype=np.int64)
+    dominant = np.concatenate([[0], rng.choice(np.arange(1, num_classes), 3, replace=False)])
+    for c in dominant[1:]:
+        y, x = rng.integers(0, h - h // 3), rng.integers(0, w - w // 3)
+        lab[y:y + h // 3, x:x + w // 3] = c
+    image = np.clip(rng.integers(0, 256, (num_classes, 3))[lab] + rng.normal(0, 20, (h, w, 3)), 0, 255)
+    logits = rng.normal(0, 1, (num_classes, h // 8 + 1, w // 8 + 1)).repeat(8, 1).repeat(8, 2)[:, :h, :w]
+    logits = logits + rng.normal(0, 0.3, (num_classes, h, w))
+    logits[dominant] += 4.0
+    logits[lab, np.arange(h)[:, None], np.arange(w)] += 3.0
+    z = sharp * logits
+    p = np.exp(z - z.max(0))
+    return image.astype(np.uint8), (p / p.sum(0)).astype(np.float32)
+
+
+def crf_pruning(h: int, w: int, repeats: int, workers: int) -> dict[str, dict[str, float]]:
+    """Per-image CRF seconds, full and pruned, at 21 and 81 labels; pixel agreement; projected COCO val hours."""
+    prune_below = CRF_DEFAULTS["prune_below"]
+    out: dict[str, dict[str, float]] = {}
+    for num_classes in (21, 81):
+        rgb, probs = many_label_scores(num_classes, h, w)
+        full_q, pruned_q = dense_crf(rgb, probs), dense_crf(rgb, probs, prune_below=prune_below)
+        full = _median_time(lambda: dense_crf(rgb, probs), repeats)
+        pruned = _median_time(lambda: dense_crf(rgb, probs, prune_below=prune_below), repeats)
+        row = {"full_s": full, "pruned_s": pruned, "kept": float(len(kept_labels(probs, prune_below))),
+               "agreement": float((full_q.argmax(0) == pruned_q.argmax(0)).mean()),
+               "coco_val_full_h": full * COCO_VAL_IMAGES / workers / 3600,
+               "coco_val_pruned_h": pruned * COCO_VAL_IMAGES / workers / 3600}
+        out[f"crf_{num_classes}"] = row
+        print(f"CRF {num_classes} labels, {h}x{w}: full {full:.2f} s/image, pruned (prune_below {prune_below}, "
+              f"{int(row['kept'])} kept) {pruned:.2f} s/image, argmax agreement {100 * row['agreement']:.3f} %; "
+              f"COCO val ({COCO_VAL_IMAGES} images) on {workers} CRF workers: full {row['coco_val_full_h']:.2f} h, "
+              f"pruned {row['coco_val_pruned_h']:.2f} h", flush=True)
+    return out
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -36,11 +84,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, nargs=2, default=[375, 500], metavar=("H", "W"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--crf-workers", type=int, default=8, help="CRF processes for the COCO val projection")
+    parser.add_argument("--skip-model", action="store_true", help="time the CRF pruning only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     h, w = args.size
     results: dict[str, dict[str, float]] = {}
-    for name in args.dataset:
+    for name in [] if args.skip_model else args.dataset:
         cfg = load_config(CONFIG_DIR / f"{name}.yaml", ["model.clip.pretrained=null", "tse.enabled=false"])
         model = build_seeded_model(cfg, mode="val").eval()
         image = torch.randn(1, 3, h, w)
@@ -56,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         results[name] = {"ms_flip_s_per_image": ms, "crf_s_per_image": crf}
         print(f"{name}: scales {list(cfg.infer.scales)}, flip at 1.0 {cfg.infer.flip_at_unit_scale}, "
               f"{probs.shape[0]} classes, {h}x{w}: MS+flip {ms:.2f} s/image, CRF {crf:.2f} s/image", flush=True)
+    results.update(crf_pruning(h, w, args.repeats, args.crf_workers))
     return results
 
 

@@ -2,12 +2,24 @@
 each stage is the library's own runner, as the tools call it)."""
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from excel.config import CONFIG_DIR, load_config
+
+
+def world_parser(description: str, out: str, skip_help: str) -> argparse.ArgumentParser:
+    """The arguments every organism benchmark takes: world seed, output folder, data sizes, --skip-training."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seed", type=int, default=2026, help="world seed of the evaluation data")
+    parser.add_argument("--out", default=out, help="output folder")
+    parser.add_argument("--num-train", type=int, default=500)
+    parser.add_argument("--num-val", type=int, default=100)
+    parser.add_argument("--skip-training", action="store_true", help=skip_help)
+    return parser
 
 
 def make_data(root: Path, seed: int, num_train: int, num_val: int) -> Path:

@@ -8,7 +8,6 @@ About 45 minutes on 2 CPU cores (three trainings); --skip-training gives the tra
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -40,12 +39,7 @@ def _flatten(node: dict, prefix: str = "") -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=2026, help="world seed of the evaluation data")
-    parser.add_argument("--out", default="work_dirs/organism_ablations", help="output folder")
-    parser.add_argument("--num-train", type=int, default=500)
-    parser.add_argument("--num-val", type=int, default=100)
-    parser.add_argument("--skip-training", action="store_true", help="training-free rows only")
+    parser = org.world_parser(__doc__.splitlines()[0], "work_dirs/organism_ablations", "training-free rows only")
     parser.add_argument("--full-checkpoint", default=None,
                         help="a checkpoint of the standard training on the same data (e.g. from organism_eval.py) "
                              "to score instead of training the full row again")

@@ -8,7 +8,6 @@ About 15 minutes on 2 CPU cores (the training is most of it).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,12 +19,7 @@ import _organism as org  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=2026, help="world seed of the evaluation data")
-    parser.add_argument("--out", default="work_dirs/organism_eval", help="output folder")
-    parser.add_argument("--num-train", type=int, default=500)
-    parser.add_argument("--num-val", type=int, default=100)
-    parser.add_argument("--skip-training", action="store_true", help="training-free figures only")
+    parser = org.world_parser(__doc__.splitlines()[0], "work_dirs/organism_eval", "training-free figures only")
     args = parser.parse_args(argv)
     org.quiet()
     from excel.organism.evaluate import split_zero_shot_map

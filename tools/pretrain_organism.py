@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", default="work_dirs/organism_pretrain", help="checkpoint folder (resumable)")
     parser.add_argument("--export", default=str(SHIPPED), help="where to write the shipped weight file")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the pairs are the same on any device)")
     for key, value in vars(defaults).items():
         if key != "model":
             parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     voc_background = ("ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea",
                       "railway", "railroad", "keyboard", "helmet", "cloud", "house", "mountain", "ocean", "road",
                       "rock", "street", "valley", "bridge", "sign")
-    summary = pretrain(cfg, args.work_dir, export=args.export, background_names=voc_background)
+    summary = pretrain(cfg, args.work_dir, export=args.export, background_names=voc_background,
+                       device=args.device)
     print(f"done: step {summary.get('step')}, held-out zero-shot mAP {summary.get('zero_shot_map', float('nan')):.3f}"
           f", {summary.get('seconds', 0) / 60:.1f} min of training; weights in {args.export}")
     return 0

@@ -141,11 +141,13 @@ def zero_shot_map(model: nn.Module, tokenizer: Callable[[list[str]], Tensor], wo
     """Zero-shot multi-label mAP: image-text cosine of each class's prompt as the class score."""
     was_training = model.training
     model.eval()
-    text = F.normalize(model.encode_text(tokenizer([template.format(n) for n in world.prompt_names])), dim=-1)
+    device = next(model.parameters()).device
+    tokens = tokenizer([template.format(n) for n in world.prompt_names]).to(device)
+    text = F.normalize(model.encode_text(tokens), dim=-1)
     feats = torch.cat([F.normalize(model.encode_image(images[i:i + batch]), dim=-1)
                        for i in range(0, len(images), batch)])
     model.train(was_training)
-    return float(average_precision(feats @ text.T, labels).nanmean())
+    return float(average_precision((feats @ text.T).cpu(), labels.cpu()).nanmean())
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -181,20 +183,25 @@ def pipeline_texts(world: World, templates: tuple[str, ...] = ("a clean origami 
 
 
 def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | None = None,
-             background_names: tuple[str, ...] = (), progress: bool = True) -> dict:
-    """Train (or resume) the organism CLIP; write ``work_dir/last.pth`` as it goes and, at the end, the shipped
-    weights to ``export``. Returns the final summary (step, zero-shot mAP, seconds)."""
+             background_names: tuple[str, ...] = (), progress: bool = True, device: str = "cpu") -> dict:
+    """Train (or resume) the organism CLIP on ``device``; write ``work_dir/last.pth`` as it goes and, at the end,
+    the shipped weights to ``export``. Returns the final summary (step, zero-shot mAP, seconds).
+
+    The pairs are the same on every device (each is a function of (seed, index)); the arithmetic is not bit-equal
+    across devices, so a CUDA run and a CPU run of the same settings end close, not identical."""
     from excel.backbone.clip_loader import load_clip, load_tokenizer
     from excel.organism.weights import save_organism_weights
     from open_clip.loss import ClipLoss
 
     work_dir = Path(work_dir)
     torch.manual_seed(cfg.seed)
+    dev = torch.device(device)
     model = load_clip(cfg.model, None)
     model.requires_grad_(True)
     model.train()
     tokenizer = load_tokenizer(cfg.model)
     world = World()
+    model.to(dev)
     optimizer = build_optimizer(model, cfg)
     seen = torch.zeros(model.token_embedding.num_embeddings, dtype=torch.bool)
     history: list[dict] = []
@@ -206,15 +213,17 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
             raise ValueError(f"{ckpt_path} was written with other settings {state.get('config')}; "
                              f"use another work dir or the same settings")
         model.load_state_dict(state["model"])
+        model.to(dev)
         optimizer.load_state_dict(state["optimizer"])
         step, seen, history, elapsed = state["step"], state["seen"], state["history"], state["elapsed"]
         log.info("resumed from %s at step %d", ckpt_path, step)
     images, labels = eval_set(world, cfg.image_size, cfg.eval_images, cfg.seed)
+    images = images.to(dev)
     loss_fn = ClipLoss()
     pairs = WorldPairs(world, tokenizer, cfg.image_size, cfg.seed, cfg.crop_prob)
     loader = DataLoader(pairs, batch_size=cfg.batch_size, sampler=_From(step * cfg.batch_size),
                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
-                        prefetch_factor=2 if cfg.num_workers > 0 else None)
+                        prefetch_factor=4 if cfg.num_workers > 0 else None, pin_memory=dev.type == "cuda")
     stream = iter(loader)
 
     def save() -> None:
@@ -227,6 +236,7 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
         t0 = time.perf_counter()
         x, tokens = next(stream)
         seen[tokens.flatten()] = True
+        x, tokens = x.to(dev, non_blocking=True), tokens.to(dev, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         img = F.normalize(model.encode_image(x), dim=-1)
@@ -254,6 +264,6 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
     if export is not None:
         keep = seen | torch.zeros_like(seen).index_fill_(
             0, _vocabulary_ids(tokenizer, pipeline_texts(world, background_names=background_names)), True)
-        save_organism_weights(model, keep, export, meta={**summary, "config": asdict(cfg)})
+        save_organism_weights(model.cpu(), keep, export, meta={**summary, "config": asdict(cfg)})
         log.info("wrote the organism weights to %s", export)
     return summary

@@ -10,6 +10,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 
+# EXCEL_TEST_DEVICE=cuda runs the device-parametrised tests (marked `cuda`, fixture `device`) on the GPU; without it
+# they run on the CPU like every other test. `pytest -m cuda` selects just them (benchmarks/gpu_check.sh does).
+TEST_DEVICE = os.environ.get("EXCEL_TEST_DEVICE", "cpu")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: device-parametrised: runs on EXCEL_TEST_DEVICE (default cpu)")
+
+
+@pytest.fixture()
+def device():
+    """The device of the device-parametrised tests: EXCEL_TEST_DEVICE (cpu unless set); skips when it is absent."""
+    import torch
+
+    dev = torch.device(TEST_DEVICE)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip(f"EXCEL_TEST_DEVICE={TEST_DEVICE} but no CUDA device is visible")
+    return dev
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:

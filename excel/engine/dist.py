@@ -1,8 +1,9 @@
 """torch.distributed helpers: torchrun-native, with a plain single-process fallback.
 
 Under torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` in the environment) :func:`init_distributed` joins the
-process group (nccl with CUDA, gloo otherwise). Without those variables nothing is initialised and every helper
-answers as a single process would: rank 0, world size 1, main process, and collectives are no-ops.
+process group (nccl when ``run.device`` resolves to CUDA, gloo otherwise). Without those variables nothing is
+initialised and every helper answers as a single process would: rank 0, world size 1, main process, and
+collectives are no-ops. Collective helpers stage tensors through the group's device (:func:`group_device`).
 """
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from excel.config import resolve_device
+from excel.config import ConfigError, resolve_device
 
 log = logging.getLogger(__name__)
 
 __all__ = ["init_distributed", "is_distributed", "get_rank", "get_world_size", "get_local_rank", "is_main_process",
-           "barrier", "all_reduce_sum", "broadcast_object", "cleanup", "local_device", "unwrap_model"]
+           "barrier", "all_reduce_sum", "broadcast_tensor", "broadcast_object", "group_device", "cleanup",
+           "local_device", "unwrap_model"]
 
 T = TypeVar("T")
+_GROUP_DEVICE = torch.device("cpu")
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
@@ -33,11 +36,14 @@ def _env_int(key: str) -> int:
         raise ValueError(f"environment variable {key}={value!r} is not an integer (set by torchrun)") from err
 
 
-def init_distributed(backend: str | None = None) -> tuple[int, int, int]:
+def init_distributed(device: str = "auto", backend: str | None = None) -> tuple[int, int, int]:
     """Join the torchrun process group if the environment asks for one.
 
     Args:
-        backend: None picks nccl when CUDA is available and gloo otherwise.
+        device: ``run.device``. The backend follows it: nccl when it resolves to CUDA, gloo for the CPU. Inside a
+            group of several processes a device index (``cuda:1``) is refused: each process takes
+            ``cuda:(LOCAL_RANK % device_count)``, so one GPU per task (SLURM) and one process per GPU both work.
+        backend: force a backend instead (tests).
     Returns:
         (rank, world_size, local_rank); (0, 1, 0) for a plain single process. Calling it again returns the
         values of the existing group.
@@ -51,18 +57,41 @@ def init_distributed(backend: str | None = None) -> tuple[int, int, int]:
         raise RuntimeError(f"incomplete torchrun environment: {', '.join(missing)} not set "
                            f"(expected all of {', '.join(_ENV_KEYS)}, plus MASTER_ADDR and MASTER_PORT)")
     rank, world_size, local_rank = (_env_int(k) for k in _ENV_KEYS)
+    resolved = _rank_device(device, world_size, local_rank)
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if resolved.type == "cuda" else "gloo"
+    global _GROUP_DEVICE
     device_id = None
     if backend == "nccl":
-        if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible")
-        device_id = torch.device(f"cuda:{local_rank}")
+        if resolved.type != "cuda":
+            raise ConfigError(f"the nccl backend needs run.device=cuda (or auto on a GPU host), got {device!r}")
+        device_id = resolved
         torch.cuda.set_device(device_id)
     tdist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
                              device_id=device_id)
-    log.info("joined process group: backend %s, rank %d/%d, local rank %d", backend, rank, world_size, local_rank)
+    _GROUP_DEVICE = resolved if backend == "nccl" else torch.device("cpu")
+    log.info("joined process group: backend %s, rank %d/%d, local rank %d, device %s", backend, rank, world_size,
+             local_rank, resolved)
     return rank, world_size, local_rank
+
+
+def _rank_device(spec: str, world_size: int, local_rank: int) -> torch.device:
+    """The device of the process with ``local_rank`` in a group of ``world_size`` for ``run.device=spec``."""
+    device = resolve_device(spec)
+    if device.type != "cuda":
+        return device
+    if device.index is not None:
+        if world_size > 1:
+            raise ConfigError(f"run.device={spec!r} names one GPU, but {world_size} processes would all use it; "
+                              f"use run.device=cuda (each process takes cuda:LOCAL_RANK) and choose GPUs with "
+                              f"CUDA_VISIBLE_DEVICES")
+        return device
+    return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
+
+
+def group_device() -> torch.device:
+    """The device the process group's collectives run on: this process's GPU under nccl, else the CPU."""
+    return _GROUP_DEVICE if is_distributed() else torch.device("cpu")
 
 
 def is_distributed() -> bool:
@@ -88,30 +117,51 @@ def is_main_process() -> bool:
 
 
 def local_device(spec: str = "auto") -> torch.device:
-    """This process's device: ``auto``/``cuda`` become ``cuda:LOCAL_RANK`` inside a process group; otherwise the
-    spec as :func:`excel.config.resolve_device` resolves it (``auto`` -> cuda when available, else cpu)."""
-    device = resolve_device(spec)
-    if device.type == "cuda" and device.index is None and is_distributed():
-        device = torch.device(f"cuda:{get_local_rank()}")
-    return device
+    """This process's device for ``run.device=spec``: ``auto``/``cuda`` become ``cuda:(LOCAL_RANK % device_count)``
+    inside a process group (an explicit index is refused there); otherwise the spec as
+    :func:`excel.config.resolve_device` resolves it (``auto`` -> cuda when available, else cpu)."""
+    if is_distributed():
+        return _rank_device(spec, get_world_size(), get_local_rank())
+    return resolve_device(spec)
 
 
-def _nccl_kwargs() -> dict[str, Any]:
+def _device_kwargs() -> dict[str, Any]:
     if is_distributed() and tdist.get_backend() == "nccl":
-        return {"device_ids": [get_local_rank()]}
+        return {"device_ids": [group_device().index]}
     return {}
 
 
 def barrier() -> None:
     """Wait for every process; a no-op without a process group."""
     if is_distributed():
-        tdist.barrier(**_nccl_kwargs())
+        tdist.barrier(**_device_kwargs())
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over all processes in place and return it (unchanged without a process group)."""
+    """Sum ``tensor`` over all processes in place and return it (unchanged without a process group).
+
+    A tensor on another device than the group's (a CPU confusion matrix under nccl) travels through a copy on the
+    group's device, so callers need not know the backend."""
     if is_distributed() and get_world_size() > 1:
-        tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
+        where = group_device()
+        if tensor.device == where:
+            tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
+        else:
+            staged = tensor.to(where)
+            tdist.all_reduce(staged, op=tdist.ReduceOp.SUM)
+            tensor.copy_(staged)
+    return tensor
+
+
+def broadcast_tensor(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Rank ``src``'s ``tensor`` on every process, in place (same shape and dtype on every rank; staged through the
+    group's device like :func:`all_reduce_sum`)."""
+    if is_distributed() and get_world_size() > 1:
+        where = group_device()
+        staged = tensor if tensor.device == where else tensor.to(where)
+        tdist.broadcast(staged, src=src)
+        if staged is not tensor:
+            tensor.copy_(staged)
     return tensor
 
 
@@ -120,8 +170,7 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     if not is_distributed() or get_world_size() == 1:
         return obj
     box = [obj]
-    device = torch.device(f"cuda:{get_local_rank()}") if tdist.get_backend() == "nccl" else None
-    tdist.broadcast_object_list(box, src=src, device=device)
+    tdist.broadcast_object_list(box, src=src, device=group_device())
     return box[0]
 
 
@@ -136,8 +185,10 @@ def all_gather_object(obj: T) -> list[T]:
 
 def cleanup() -> None:
     """Leave the process group, if one was joined."""
+    global _GROUP_DEVICE
     if is_distributed():
         tdist.destroy_process_group()
+    _GROUP_DEVICE = torch.device("cpu")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -196,7 +196,17 @@ class _LamRun:
 
 def run_infer_lam(cfg: DictConfig) -> dict[str, Any]:
     """Write pseudo labels for ``infer.split`` and score them; returns the mIoU figures (rank 0 has them all)."""
-    rank, _, _ = dist.init_distributed()
+    owns_group = not dist.is_distributed()
+    dist.init_distributed(cfg.run.device)
+    try:
+        return _infer_lam(cfg)
+    finally:
+        if owns_group:
+            dist.cleanup()
+
+
+def _infer_lam(cfg: DictConfig) -> dict[str, Any]:
+    rank = dist.get_rank()
     device = dist.local_device(cfg.run.device)
     split = str(cfg.infer.split)
     if split == "test":

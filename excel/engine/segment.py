@@ -159,7 +159,16 @@ def segment(cfg: DictConfig, tool: str = "infer_seg_voc") -> dict[str, Any]:
     if cfg.infer.checkpoint in (None, ""):
         raise UsageError(f"{tool}: infer.checkpoint is null; segmentation inference needs a trained checkpoint "
                          f"(infer.checkpoint=/path/to/iter_XXXXXXX.pth)")
-    dist.init_distributed()
+    owns_group = not dist.is_distributed()
+    dist.init_distributed(cfg.run.device)
+    try:
+        return _segment(cfg, tool)
+    finally:
+        if owns_group:
+            dist.cleanup()
+
+
+def _segment(cfg: DictConfig, tool: str) -> dict[str, Any]:
     rank = dist.get_rank()
     device = dist.local_device(cfg.run.device)
     output_dir = output_dir_of(cfg, tool)
@@ -173,7 +182,9 @@ def segment(cfg: DictConfig, tool: str = "infer_seg_voc") -> dict[str, Any]:
     test = split == "test"
     dataset = build_dataset(cfg, split, stage="test" if test else "val")
     model = load_trained_model(cfg, cfg.infer.checkpoint, device, mode=split)
-    pending = _pending_indices(dataset, output_dir, test, cfg.eval.max_images)
+    # rank 0 lists the finished PNGs and every rank shards its list: ranks never disagree on what is left
+    pending = dist.broadcast_object(_pending_indices(dataset, output_dir, test, cfg.eval.max_images)
+                                    if rank == 0 else None)
     if test and rank == 0:
         log.info("test split: %d of %d images to predict (existing PNGs are kept)", len(pending), len(dataset))
     run = _Run(cfg, output_dir, test, device)
@@ -191,7 +202,7 @@ def segment(cfg: DictConfig, tool: str = "infer_seg_voc") -> dict[str, Any]:
             pool.close()
     wall = time.perf_counter() - t_start
     timers = torch.tensor([run.timers[k] for k in ("model", "crf_wait", "images", "crf_images")] + [wall],
-                          dtype=torch.float64, device=device if device.type == "cuda" else None)
+                          dtype=torch.float64)
     dist.all_reduce_sum(timers)
     model_s, crf_wait_s, n_images, n_crf, wall_sum = timers.tolist()
     result: dict[str, Any] = {

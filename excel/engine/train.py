@@ -64,6 +64,9 @@ def work_dir_of(cfg: DictConfig) -> Path:
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch. ``deterministic`` asks for deterministic kernels where torch has them
+    (``warn_only``: operations without one, such as CUDA's bilinear upsampling backward, warn and stay
+    nondeterministic). On the CPU a resumed run repeats the uninterrupted one exactly; on CUDA it comes close."""
     import random
 
     import numpy as np
@@ -75,6 +78,9 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.cuda.manual_seed_all(seed)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
+    if deterministic and torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS needs it for deterministic GEMMs
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def par_input(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
@@ -97,7 +103,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
-        self.rank, self.world_size, _ = dist.init_distributed()
+        self.rank, self.world_size, _ = dist.init_distributed(cfg.run.device)
         device = dist.local_device(cfg.run.device)
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
@@ -120,8 +126,11 @@ class Trainer:
         self.model: ExCEL = build_model(cfg, mode="train").to(device)
         self.ddp: torch.nn.Module = self.model
         if dist.is_distributed():
+            # a loss term switched off leaves its head without gradients: DDP must then look for unused parameters
+            unused = not (cfg.loss.seg_weight and cfg.loss.aff_weight)
             self.ddp = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+                self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+                find_unused_parameters=unused)
         self.optimizer = PolyWarmupAdamW(
             self.model.trainable_parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
             betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, warmup_iters=cfg.optim.warmup_iters,
@@ -167,11 +176,22 @@ class Trainer:
         spec = self.cfg.train.resume
         if spec is None:
             return
-        path = latest_checkpoint(self.work_dir) if spec == "auto" else Path(spec)
-        if path is None:
+        # rank 0 picks and reads the checkpoint and sends it: every rank resumes from the same iteration, and
+        # machines without a shared disk need no copy of the work dir
+        found = None
+        if self.rank == 0:
+            path = latest_checkpoint(self.work_dir) if spec == "auto" else Path(spec)
+            try:
+                found = (str(path), load_checkpoint(path, map_location="cpu")) if path is not None else None
+            except Exception as err:  # sent on, so the other ranks fail too instead of waiting
+                found = err
+        found = dist.broadcast_object(found)
+        if isinstance(found, Exception):
+            raise found
+        if found is None:
             log.info("train.resume=auto: no checkpoint in %s, starting from scratch", self.work_dir)
             return
-        ckpt = load_checkpoint(path, map_location="cpu")
+        path, ckpt = Path(found[0]), found[1]
         check_compatible(ckpt.get("meta") or {}, self.model.meta(), source=str(path))
         load_model_weights(self.model, ckpt["model"], source=str(path))  # CheckpointError naming any mismatch
         if ckpt["optimizer"] is None or ckpt["iteration"] is None:
@@ -252,10 +272,14 @@ class Trainer:
         else:
             aff_loss = logits.new_zeros(())
         loss = cfg.loss.seg_weight * seg_loss + cfg.loss.aff_weight * aff_loss
-        values = torch.stack([loss.detach(), seg_loss.detach(), aff_loss.detach()]).tolist()  # one host sync
+        # the mean over ranks, read in one host sync: every rank sees the same values, so a non-finite loss
+        # stops all of them together instead of one raising while the others wait in the next all-reduce
+        summed = dist.all_reduce_sum(torch.stack([loss.detach(), seg_loss.detach(), aff_loss.detach()]).float())
+        values = (summed / self.world_size).tolist()
         if not all(math.isfinite(v) for v in values):
             raise FloatingPointError(f"non-finite loss {values[0]} at iteration {n} "
-                                     f"(seg {values[1]}, affinity {values[2]})")
+                                     f"(seg {values[1]}, affinity {values[2]}; means over {self.world_size} "
+                                     f"process(es))")
         lr = self.optimizer.set_lr(n)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -276,12 +300,14 @@ class Trainer:
         bar = tqdm(range(self.start_iter, max_iters), initial=self.start_iter, total=max_iters, desc="train",
                    disable=self.rank != 0, dynamic_ncols=True)
         last_val: dict[str, float] = {}
-        t0 = time.perf_counter()
+        t0 = t_prev = time.perf_counter()
         for n in bar:
             result = self.step(n, next(data))
+            now = time.perf_counter()
+            step_s, t_prev = now - t_prev, now   # data wait + step (the loss read syncs the device each step)
             if self.rank == 0:
                 record = {"iter": n, "loss": result.loss, "seg_loss": result.seg_loss, "aff_loss": result.aff_loss,
-                          "lr": result.lr, "lvc": result.lvc}
+                          "lr": result.lr, "lvc": result.lvc, "step_s": round(step_s, 5)}
                 with open(metrics_file, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(record) + "\n")
                 bar.set_postfix(seg=f"{result.seg_loss:.4f}", aff=f"{result.aff_loss:.4f}", lr=f"{result.lr:.2e}")
@@ -301,8 +327,12 @@ class Trainer:
                     self.save(finished)
             if finished == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
+            t_prev = time.perf_counter()          # validation and checkpoints are not part of the next step
         bar.close()
         if self.rank == 0:
+            if self.device.type == "cuda":
+                log.info("peak CUDA memory %.2f GiB (allocated by tensors on %s)",
+                         torch.cuda.max_memory_allocated(self.device) / 2 ** 30, self.device)
             log.info("training curves: %s", write_curves(self.work_dir))
         if self.tb is not None:
             self.tb.close()

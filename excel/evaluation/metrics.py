@@ -71,10 +71,14 @@ class ConfusionMatrix:
         """Sum the matrix over all ranks (no-op without an initialised process group)."""
         if not (dist.is_available() and dist.is_initialized()):
             return
+        # nccl reduces only tensors on this rank's GPU, gloo only CPU tensors: stage the matrix where the group is
+        nccl = dist.get_backend() == "nccl"
+        where = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         if self.mat is None:
-            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-            self.mat = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
-        dist.all_reduce(self.mat, op=dist.ReduceOp.SUM)
+            self.mat = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=where)
+        staged = self.mat.to(where)
+        dist.all_reduce(staged, op=dist.ReduceOp.SUM)
+        self.mat = staged.to(self.mat.device)
 
     @property
     def matrix(self) -> np.ndarray:

@@ -135,13 +135,18 @@ class ExCEL(nn.Module):
     @torch.no_grad()
     def encode(self, images: Tensor) -> EncodeOutput:
         """images (B, 3, H, H) normalised -> EncodeOutput (LAM, attention stack, decoder features)."""
-        if self.frozen_autocast == "bf16" and images.device.type == "cuda":
+        device_type = images.device.type
+        if self.frozen_autocast == "bf16" and device_type == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 vis = self.visual(images)
             vis = _float32(vis)
         else:
-            vis = self.visual(images)
-        lam, dense = self._lam(vis.tokens)
+            # model.clip.autocast alone sets the frozen tower's precision: a caller's autocast (train.amp, meant
+            # for the decoder) does not reach it
+            with torch.autocast(device_type, enabled=False):
+                vis = self.visual(images.float())
+        with torch.autocast(device_type, enabled=False):
+            lam, dense = self._lam(vis.tokens)
         return EncodeOutput(lam=lam, attn=vis.attn, features=vis.features, dense=dense, visual=vis)
 
     def forward(self, images: Tensor) -> ForwardOutput:
@@ -166,7 +171,11 @@ class ExCEL(nn.Module):
             (B, P, C_fg) in [0, 1].
         """
         vis = out.encoded.visual if isinstance(out, ForwardOutput) else out.visual
-        bias = lvc_bias(fused.detach(), per_sample=self.per_sample_mean)      # (B, P, P)
+        with torch.autocast(fused.device.type, enabled=False):   # LVC math in fp32 whatever the decoder ran in
+            return self._calibrated_lam(vis, fused.detach().float())
+
+    def _calibrated_lam(self, vis: VisualOutput, fused: Tensor) -> Tensor:
+        bias = lvc_bias(fused, per_sample=self.per_sample_mean)               # (B, P, P)
         batch, num_patches = vis.new_tokens.shape[0], vis.new_tokens.shape[1] - 1
         if bias.shape != (batch, num_patches, num_patches):
             raise ValueError(f"fused feature gives an LVC bias of shape {tuple(bias.shape)} but the encoded images "

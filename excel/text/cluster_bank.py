@@ -44,7 +44,8 @@ class ClusterBankError(ExcelError, ValueError):
 class ClusterBank:
     """A loaded or built bank and where it came from.
 
-    centers: (D, J) float32; flags: (C_fg, J) float32; path: the .pth file; source: 'bank_file' | 'cache' | 'built'.
+    centers: (D, J) float32; flags: (C_fg, J) float32; path: the .pth file (on rank 0's disk for 'rank0');
+    source: 'bank_file' | 'cache' | 'built' | 'rank0' (received from rank 0 under torch.distributed).
     """
     centers: Tensor
     flags: Tensor
@@ -309,25 +310,25 @@ def prepare_cluster_bank(cfg: Any, clip_model: torch.nn.Module, tokenizer: Any,
 
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # rank 0 builds (or reads its cache) and sends the tensors themselves: other machines need no shared disk
         rank = dist.get_rank()
         bank, error = None, None
         payload: list[Any] = [None, None]
         if rank == 0:
             try:
                 bank = _load_or_build(cfg, clip_model, tokenizer, progress)
-                payload = [str(bank.path), None]
+                payload = [(bank.centers.cpu(), bank.flags.cpu(), str(bank.path)), None]
             except Exception as err:  # forwarded to the other ranks so they fail instead of waiting forever
                 error = err
                 payload = [None, f"{type(err).__name__}: {err}"]
-        dist.broadcast_object_list(payload, src=0)
+        dist.broadcast_object_list(payload, src=0)   # staged on this rank's current GPU under nccl
         if error is not None:
             raise error
         if payload[1] is not None:
             raise ClusterBankError(f"rank 0 failed to prepare the TSE cluster bank: {payload[1]}")
         if bank is None:
-            path = Path(payload[0])
-            centers, flags = load_cluster_bank(path)
-            bank = ClusterBank(centers, flags, path, "cache")
+            centers, flags, path = payload[0]
+            bank = ClusterBank(centers, flags, Path(path), "rank0")
     else:
         bank = _load_or_build(cfg, clip_model, tokenizer, progress)
     _check_bank(bank.centers, bank.flags, bank.path, clip_model, cfg)

@@ -232,8 +232,12 @@ def _dist_worker(rank: int, world: int, init_file: str, cfg_args: list[str], out
 
 
 @pytest.mark.slow
-def test_only_rank0_builds_under_distributed(tmp_path):
+def test_only_rank0_builds_under_distributed(tmp_path, monkeypatch):
     import torch.multiprocessing as mp
+    from _collectives import checked_calls, checked_env
+
+    for key, value in checked_env(tmp_path / "collectives.txt").items():   # the spawned processes inherit it
+        monkeypatch.setenv(key, value)
 
     kb = make_kb(tmp_path / "kb.json")
     cfg_args = [f"tse.knowledge_base={kb}", f"tse.cache_dir={tmp_path / 'cache'}", "tse.num_clusters=5",
@@ -245,3 +249,5 @@ def test_only_rank0_builds_under_distributed(tmp_path):
     assert r0["source"] == "built" and r1["source"] == "rank0" and r0["path"] == r1["path"]
     torch.testing.assert_close(r0["centers"], r1["centers"])
     assert len(list((tmp_path / "cache").glob("*.pth"))) == 1
+    calls = checked_calls(tmp_path / "collectives.txt")
+    assert {(r, name) for r, name, _, _ in calls} >= {(0, "broadcast_object_list"), (1, "broadcast_object_list")}

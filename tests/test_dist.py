@@ -86,3 +86,34 @@ def test_two_process_gloo_collectives(tmp_path):
         assert r["sum"] == [3.0, 10.0]  # (1 + 2, 0 + 10)
         assert r["shared"] == {"from": 0, "names": ["a", "b"]}
         assert r["unwrapped"] == "Linear"
+
+
+_CHECKED_SCRIPT = """
+import os, sys, torch, torch.distributed as td
+os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1])
+from excel.engine import dist
+dist.init_distributed("cpu")
+dist.barrier()                              # through the helper: checked and let through
+print("helper ok")
+try:
+    td.all_reduce(torch.ones(2))            # a raw collective: nccl would get whatever device this tensor is on
+except RuntimeError as err:
+    print("refused:", err)
+dist.cleanup()
+"""
+
+
+def test_collective_checker_refuses_raw_collectives(tmp_path):
+    """The checker of the multi-process tests lets the staging helpers through and stops any other collective."""
+    import subprocess
+    import sys
+
+    from _collectives import checked_calls, checked_env
+
+    report = tmp_path / "calls.txt"
+    proc = subprocess.run([sys.executable, "-c", _CHECKED_SCRIPT, str(_free_port())], env=checked_env(report),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "helper ok" in proc.stdout
+    assert "refused: collective all_reduce called from __main__" in proc.stdout
+    assert checked_calls(report) == [(0, "barrier", "cpu", "excel.engine.dist")]

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from PIL import Image
 
+from _collectives import checked_calls, checked_env
 from excel.config import load_config
 from excel.engine.infer_lam import lam_inputs
 from excel.engine.inference import load_trained_model
@@ -87,11 +89,15 @@ def test_two_ranks_give_the_single_process_scores(mini_voc, tmp_path):
                     f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
         cmd = launcher + [str(REPO / "tools" / "infer_lam.py"), "--config", TINY, f"data.root={mini_voc}",
                           f"tse.cache_dir={tmp_path / 'banks'}", f"infer.output_dir={out}", "infer.split=val"]
-        proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        env = checked_env(out.with_suffix(".collectives"), _env())
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return json.loads((out / "results.json").read_text())
 
     one, two = run(1, tmp_path / "one"), run(2, tmp_path / "two")
+    calls = checked_calls(tmp_path / "two.collectives")   # the confusion matrices (CRF one too) reduced on cpu
+    assert {r for r, *_ in calls} == {0, 1} and {d for _, _, d, _ in calls} == {"cpu"}
+    assert any(name == "all_reduce" and caller == "excel.evaluation.metrics" for _, name, _, caller in calls)
     assert one["miou"] == pytest.approx(two["miou"], abs=1e-12) and one["num_images"] == two["num_images"] == 4
     for png in sorted((tmp_path / "one" / "pseudo_labels").glob("*.png")):
         assert np.array_equal(np.array(Image.open(png)), np.array(Image.open(tmp_path / "two" / "pseudo_labels" / png.name)))

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from _collectives import checked_calls, checked_env
 from excel.config import load_config
 from excel.data import voc_palette
 from excel.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -237,7 +238,8 @@ def _voc_ckpt_for(cfg, tmp_path):
 
 def test_torchrun_two_processes_match_single_process(seg_checkpoint, voc_val_run, tmp_path):
     single, _ = voc_val_run
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    report = tmp_path / "collectives.txt"
+    env = checked_env(report, dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "tools" / "infer_seg_voc.py"), "--config", str(REPO / "configs" / "test_tiny.yaml"),
            *seg_checkpoint["overrides"], f"infer.checkpoint={seg_checkpoint['path']}", f"infer.output_dir={tmp_path}",
@@ -246,6 +248,9 @@ def test_torchrun_two_processes_match_single_process(seg_checkpoint, voc_val_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["world_size"] == 2 and result["num_images"] == 4
+    calls = checked_calls(report)        # pending list broadcast, timers and matrices reduced, all on cpu
+    assert {r for r, *_ in calls} == {0, 1} and {d for _, _, d, _ in calls} == {"cpu"}
+    assert {"broadcast_object_list", "all_reduce"} <= {name for _, name, _, _ in calls}
     for kind in ("raw", "crf"):
         assert result["scores"][kind]["miou"] == pytest.approx(single["scores"][kind]["miou"], abs=1e-12)
 

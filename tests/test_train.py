@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _collectives import checked_calls, checked_env
 from excel.engine.optim import poly_warmup_lr
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +51,8 @@ def test_single_process_training_writes_a_complete_work_dir(mini_voc, tmp_path):
 @pytest.mark.slow
 def test_two_process_gloo_training(mini_voc, tmp_path):
     work = tmp_path / "wd"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    report = tmp_path / "collectives.txt"
+    env = checked_env(report, dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
     env.pop("EXCEL_TEST_KILL_AFTER_ITER", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "scripts" / "train_voc.py"), "--config", TINY, f"data.root={mini_voc}", f"run.work_dir={work}",
@@ -58,6 +60,9 @@ def test_two_process_gloo_training(mini_voc, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 process(es)" in (work / "train.log").read_text()
+    calls = checked_calls(report)        # every collective ran on the group's device, through a staging point
+    assert {r for r, *_ in calls} == {0, 1} and {d for _, _, d, _ in calls} == {"cpu"}
+    assert sum(name == "all_reduce" for r, name, _, _ in calls if r == 0) >= 4   # the loss mean of each iteration
     assert [m["iter"] for m in _lines(work / "metrics.jsonl")] == [0, 1, 2, 3]  # rank 0 alone writes
     assert [v["iter"] for v in _lines(work / "val.jsonl")] == [2, 4]
     assert sorted(p.name for p in (work / "checkpoints").glob("iter_*.pth")) == ["iter_0000002.pth",

@@ -20,7 +20,8 @@ shared machine hit all of them alike, and the ratios are medians of per-round ra
 Usage (no weights, no network)::
 
     python benchmarks/bench_excel.py [--device cpu|cuda] [--repeats N] [--warmup N] [--amp bf16] [--json out.json]
-                                     [--profile]   # also print the top operators of (a) and (d) (torch.profiler)
+                                     [--profile]   # also the top operators of (a) and (d) (torch.profiler) and
+                                                   # the host syncs of one call of (b)-(e) (benchmarks/_syncs.py)
 
 ``--amp bf16`` (CUDA only) runs the frozen forward under bf16 autocast (``model.clip.autocast=bf16``; the bare
 forward (a) too, so the ratios compare like with like) and reports max |Δ| of the LAM and of the attention stack
@@ -46,6 +47,9 @@ from typing import Any, Callable
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _syncs import count_syncs  # noqa: E402
 BATCH, SIDE, IMAGE_SIZE, NUM_CLUSTERS = 4, 320, (375, 500), 112
 
 
@@ -280,6 +284,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         data = data_seconds(trainer, max(args.repeats, 3))
         amp_effect = bf16_effect(trainer, batch) if amp == "bf16" else None
         profiles = {name: top_operators(jobs[name], device) for name in ("bare", "step")} if args.profile else None
+        syncs = {name: dict(count_syncs(jobs[name])) for name in ("encode", "pseudo", "step", "step_lvc")} \
+            if args.profile else None
     n_infer = len(val_items)
     per_image = {"infer_lam": [t / n_infer for t in times["infer_lam"]], "pseudo": [t / BATCH for t in times["pseudo"]]}
 
@@ -300,6 +306,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "step_lvc/bare": ratio(times["step_lvc"], times["bare"]),
                    "infer_lam/bare_b1": ratio(per_image["infer_lam"], times["bare_b1"])},
         "peak_memory_bytes": peaks, "data_seconds_per_batch": data, "bf16": amp_effect, "profiles": profiles,
+        "host_syncs": syncs,
     }
 
 
@@ -361,6 +368,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = run(args)
     result["total_seconds"] = time.perf_counter() - start
     print(report(result))
+    for name, counts in (result["host_syncs"] or {}).items():
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+        print(f"host syncs in one '{name}' call: {sum(counts.values())} ({detail or 'none'})")
     for name, table in (result["profiles"] or {}).items():
         print(f"\ntop operators of one '{name}' call:\n{table}")
     print(f"total {result['total_seconds']:.0f} s")

@@ -205,3 +205,15 @@ def test_vit_b16_architecture_encodes_320(tiny_cfg):
         for i in range(6):
             h = vit.transformer.resblocks[i](h)
             assert torch.equal(enc.features[i], h), f"block {i}"
+
+
+@pytest.mark.parametrize("overrides", [{}, {"model.svc.enabled": False}, {"quirks.decoder_clean_features": True}])
+def test_segment_path_equals_the_full_forward(tiny_cfg, tiny_clip, overrides):
+    """Inference's short path (fused attention, no weights, no LAM) gives the logits of the full forward."""
+    model = build_model(tiny(tiny_cfg, **{"tse.enabled": False, **overrides}), tiny_clip).eval()
+    x = images(3, 64, seed=2)
+    with torch.no_grad():
+        full = model(x).seg_logits
+        short = model.segment(x)
+        assert model.visual(x, need_attn=False).attn is None
+    torch.testing.assert_close(short, full, rtol=1e-4, atol=1e-5)

@@ -23,7 +23,8 @@ class VisualOutput:
     """Everything the rest of the model needs from one CLIP pass (docs/architecture.md, Backbone).
 
     tokens: (B, N, D) Y of algorithm.md §1.5 (ln_post + proj of S_11 with O_11's CLS row), not normalised.
-    attn: (L, B, N, N) reported attention stack: head mean in plain blocks, head sum in calibrated ones (1.4).
+    attn: (L, B, N, N) reported attention stack: head mean in plain blocks, head sum in calibrated ones (1.4);
+        None from ``forward(..., need_attn=False)``.
     features: (L, B, N, W) decoder inputs F_0..F_{L-1} (§1.6: aliased by default, O_0..O_{L-1} when clean).
     new_tokens: (B, N, W) S_11 with O_11's CLS row, before ln_post.
     project: maps (B, N, W) new tokens to (B, N, D) (ln_post, then the projection).
@@ -33,7 +34,7 @@ class VisualOutput:
     """
 
     tokens: Tensor
-    attn: Tensor
+    attn: Tensor | None
     features: Tensor
     new_tokens: Tensor
     project: Callable[[Tensor], Tensor] = field(repr=False)
@@ -123,7 +124,7 @@ class CalibratedVisual(nn.Module):
         return self.vit.ln_pre(x)
 
     @torch.no_grad()
-    def forward(self, images: Tensor, ex_bias: Tensor | None = None) -> VisualOutput:
+    def forward(self, images: Tensor, ex_bias: Tensor | None = None, need_attn: bool = True) -> VisualOutput:
         """Run the dual-path CLIP tower.
 
         Args:
@@ -131,6 +132,8 @@ class CalibratedVisual(nn.Module):
             ex_bias: optional (B, P, P) LVC bias E: the slow, literal LVC forward (E added to M_h[1:, 1:] of
                 every head in every calibrated block). ``ExCEL.calibrated_lam`` gets the same result from
                 ``new_tokens`` and ``lvc_basis`` without a second pass.
+            need_attn: False skips the attention weights (fused attention kernels instead; ``attn`` is None):
+                what segmentation inference needs.
         Returns:
             VisualOutput (see its docstring for shapes).
         """
@@ -143,9 +146,9 @@ class CalibratedVisual(nn.Module):
         for i, blk in enumerate(self.vit.transformer.resblocks):
             u = blk.ln_1(x)
             if i < self.first_svc:
-                x_ori, weights = blk.attn(u, u, u, need_weights=True, average_attn_weights=True)
+                x_ori, weights = blk.attn(u, u, u, need_weights=need_attn, average_attn_weights=True)
             else:
-                x_ori, weights, x_new, v = self._dual_attention(blk, u, reduce, ex_bias)
+                x_ori, weights, x_new, v = self._dual_attention(blk, u, reduce, ex_bias, need_attn)
                 new_path = (x if new_path is None else new_path) + x_new
                 values.append(v[:, 1:])                  # stacked (copied) below
             a = x + x_ori
@@ -161,12 +164,12 @@ class CalibratedVisual(nn.Module):
             svc_values = torch.stack(values)
             svc_out_weights = torch.stack([blk.attn.out_proj.weight
                                            for blk in self.vit.transformer.resblocks[self.first_svc:]])
-        return VisualOutput(tokens=self.project(new_tokens), attn=torch.stack(attn),
+        return VisualOutput(tokens=self.project(new_tokens), attn=torch.stack(attn) if need_attn else None,
                             features=self._decoder_features(outs, mids, new_tokens), new_tokens=new_tokens,
                             project=self.project, svc_values=svc_values, svc_out_weights=svc_out_weights)
 
-    def _dual_attention(self, blk: nn.Module, u: Tensor, reduce: str,
-                        ex_bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _dual_attention(self, blk: nn.Module, u: Tensor, reduce: str, ex_bias: Tensor | None,
+                        need_attn: bool = True) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
         """Both attentions of one calibrated block from its packed projections (algorithm.md §1.4).
 
         Returns x_ori (B, N, W), the head-sum q-k attention (B, N, N), x_new (B, N, W) and v (B, N, W) with
@@ -176,12 +179,16 @@ class CalibratedVisual(nn.Module):
         qkv = F.linear(u, mha.in_proj_weight, mha.in_proj_bias)                   # (B, N, 3W)
         value = qkv[..., 2 * self.width:]
         q, k, v = (split_heads(t, self.num_heads) for t in qkv.chunk(3, dim=-1))   # (B, h, N, d)
-        orig = (q * self.scale) @ k.transpose(-1, -2)                             # (B, h, N, N)
-        orig = softmax_last_(orig)                                                 # in place in float32
-        x_ori = F.linear(merge_heads(orig @ v), mha.out_proj.weight, mha.out_proj.bias)
+        if need_attn:
+            orig = (q * self.scale) @ k.transpose(-1, -2)                         # (B, h, N, N)
+            orig = softmax_last_(orig)                                             # in place in float32
+            mixed, weights = orig @ v, orig.sum(1)
+        else:
+            mixed, weights = F.scaled_dot_product_attention(q, k, v), None         # fused; same numbers
+        x_ori = F.linear(merge_heads(mixed), mha.out_proj.weight, mha.out_proj.bias)
         surgery = surgery_attention(q, k, v, self.scale, head_reduce=reduce, ex_bias=ex_bias)  # (B, N, N)
         x_new = F.linear(surgery @ value, mha.out_proj.weight, mha.out_proj.bias)
-        return x_ori, orig.sum(1), x_new, value
+        return x_ori, weights, x_new, value
 
     def _decoder_features(self, outs: list[Tensor], mids: list[Tensor], new_tokens: Tensor) -> Tensor:
         """(L, B, N, W) decoder inputs (algorithm.md §1.6).

@@ -9,6 +9,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from excel.utils.tensors import device_table
+
 DEFAULT_AFFINITY_LAYERS: tuple[int, ...] = (6, 7, 8, 9, 10, 11)
 _SELECTION_EPS = 1e-5  # |S| + 1e-5 in the layer-selected average (algorithm.md §5.1 step 3)
 
@@ -37,7 +39,7 @@ def attention_affinity(
     layers = [int(l) for l in layers]
     if not layers or any(not -num_layers <= l < num_layers for l in layers):
         raise ValueError(f"attention_affinity: layers {layers} must be non-empty indices into {num_layers} layers")
-    index = torch.tensor(layers, device=attn.device)
+    index = device_table(tuple(l % num_layers for l in layers), attn.device)
     chosen = attn.index_select(0, index)[:, :, 1:, 1:]  # l x B x P x P
     if attn_pred is None:
         return chosen.mean(dim=0)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from excel.utils.tensors import device_table
+
 
 def grid_side(num_patches: int, what: str = "P") -> int:
     """The side g of a square patch grid with ``num_patches`` = g * g cells (quirk 21: inputs are square)."""
@@ -35,7 +37,7 @@ def quantize_maps(maps: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
         (u, fg): ... x g x g int64 values in [0, 255] and the bool foreground.
     """
     u = (maps.to(torch.float32) * 255).clamp_(0, 255).to(torch.uint8).long()
-    theta_table = torch.tensor([int(threshold * m) for m in range(256)], device=maps.device)
+    theta_table = device_table(tuple(int(threshold * m) for m in range(256)), maps.device)
     theta = theta_table[u.flatten(-2).amax(dim=-1)]
     return u, u > theta[..., None, None]
 

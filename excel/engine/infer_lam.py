@@ -33,6 +33,7 @@ from excel.evaluation.report import Gallery
 from excel.model import ExCEL, attn_pred
 from excel.utils.io import atomic_path, atomic_save_png, atomic_write_json
 from excel.utils.logging import setup_logging
+from excel.utils.tensors import set_tf32
 from excel.utils.vis import heat_overlay
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,7 @@ def run_infer_lam(cfg: DictConfig) -> dict[str, Any]:
 def _infer_lam(cfg: DictConfig) -> dict[str, Any]:
     rank = dist.get_rank()
     device = dist.local_device(cfg.run.device)
+    set_tf32(cfg.run.tf32)
     split = str(cfg.infer.split)
     if split == "test":
         raise UsageError("infer.split=test has no image-level labels: pseudo labels need them (use train or val)")

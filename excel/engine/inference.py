@@ -197,9 +197,9 @@ def multiscale_logits(model: ExCEL, image: torch.Tensor, input_size: int, scales
         side = int(input_size * float(s))
         x = F.interpolate(image, size=(side, side), mode="bilinear", align_corners=False)
         if float(s) == 1.0 and not flip_at_unit_scale:
-            merged = model(x).seg_logits.float()
+            merged = model.segment(x).float()
         else:
-            logits = model(torch.cat([x, x.flip(-1)], dim=0)).seg_logits.float()
+            logits = model.segment(torch.cat([x, x.flip(-1)], dim=0)).float()
             merged = (logits[:1] + logits[1:].flip(-1)) / 2
         merged = upsample_logits(merged, out_size)[0]
         total = merged if total is None else total + merged

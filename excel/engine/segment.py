@@ -40,6 +40,7 @@ from excel.evaluation import ConfusionMatrix, CRFPool, crf_params
 from excel.evaluation.report import Gallery
 from excel.utils.io import atomic_path, atomic_save_png, atomic_write_json
 from excel.utils.logging import git_revision, setup_logging
+from excel.utils.tensors import set_tf32
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ def segment(cfg: DictConfig, tool: str = "infer_seg_voc") -> dict[str, Any]:
 def _segment(cfg: DictConfig, tool: str) -> dict[str, Any]:
     rank = dist.get_rank()
     device = dist.local_device(cfg.run.device)
+    set_tf32(cfg.run.tf32)
     output_dir = output_dir_of(cfg, tool)
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ from excel.model import ExCEL, build_model
 from excel.text.cluster_bank import check_text_sources
 from excel.utils.io import atomic_write_text
 from excel.utils.logging import git_revision, setup_logging
+from excel.utils.tensors import set_tf32
 from excel.utils.vis import sample_grid, write_curves
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class Trainer:
         if cfg.train.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"train.amp={cfg.train.amp!r}: expected none, bf16 or fp16")
         seed_everything(cfg.run.seed, cfg.run.deterministic)
+        set_tf32(cfg.run.tf32)
         # the data first: a bad file in either split stops the run in seconds, before any weights are read
         self.train_set = build_dataset(cfg, cfg.data.train_split, stage="train")
         self.val_set = build_dataset(cfg, cfg.eval.split, stage="val")
@@ -258,7 +260,9 @@ class Trainer:
                 par_input(images, cfg.data.augment.mean, cfg.data.augment.std), images.shape[-2:],
                 attn_pred=q, **pseudo_label_kwargs(cfg, cfg.cam.box_threshold, self.par))
         logits = out.seg_logits.float()
-        seg_loss = balanced_seg_loss(logits, pseudo) if cfg.loss.seg_weight else logits.new_zeros(())
+        # the pseudo labels come from make_pseudo_labels: in range by construction, no label check (a host sync)
+        seg_loss = (balanced_seg_loss(logits, pseudo, check_labels=False) if cfg.loss.seg_weight
+                    else logits.new_zeros(()))
         if cfg.loss.aff_weight:
             switch = cfg.train.aff_label_switch_iter
             if switch is not None and n >= switch:

@@ -149,6 +149,20 @@ class ExCEL(nn.Module):
             lam, dense = self._lam(vis.tokens)
         return EncodeOutput(lam=lam, attn=vis.attn, features=vis.features, dense=dense, visual=vis)
 
+    @torch.no_grad()
+    def segment(self, images: Tensor) -> Tensor:
+        """images (B, 3, H, H) -> seg_logits (B, C, g, g): only what the logits need (fused attention kernels, no
+        attention weights, no LAM); equal to ``forward(images).seg_logits`` up to float rounding."""
+        device_type = images.device.type
+        if self.frozen_autocast == "bf16" and device_type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                features = self.visual(images, need_attn=False).features
+            features = features.float()
+        else:
+            with torch.autocast(device_type, enabled=False):
+                features = self.visual(images.float(), need_attn=False).features
+        return self.decoder(features)[0]
+
     def forward(self, images: Tensor) -> ForwardOutput:
         """images (B, 3, H, H) -> ForwardOutput; gradients flow into the decoder only."""
         enc = self.encode(images)

@@ -25,7 +25,6 @@ TINY_STACK = [str(REPO / "configs" / "voc.yaml"), TINY]  # test_tiny is an overl
 
 def _env() -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    env.pop("EXCEL_TEST_KILL_AFTER_ITER", None)
     return env
 
 

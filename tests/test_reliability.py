@@ -27,7 +27,6 @@ from excel.data.voc import DatasetError
 from excel.engine.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, periodic_checkpoint_path,
                                      save_checkpoint)
 from excel.engine.inference import build_seeded_model, load_trained_model
-from excel.engine.train import KILL_ENV
 from excel.errors import ExcelError, user_message
 from excel.model import build_model
 from excel.utils.io import atomic_save_png, atomic_torch_save, atomic_write_json
@@ -82,7 +81,7 @@ def isolated():
 
 def _run(relpath: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a script as a user would (single process, offline, one thread, like the in-process runs)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", KILL_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **(extra_env or {}))
     return subprocess.run([sys.executable, str(REPO / relpath), *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
@@ -100,7 +99,9 @@ def _assert_clean_cli_error(proc: subprocess.CompletedProcess, *needles: str) ->
 
 
 def _metrics(work_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    """The logged values of each iteration, without its wall time (step_s)."""
+    rows = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in row.items() if k != "step_s"} for row in rows]
 
 
 def _copy_dataset(src: Path, dst: Path) -> Path:
@@ -119,7 +120,7 @@ def test_killed_training_resumes_with_the_identical_loss_sequence(mini_voc, tmp_
     killed, ref = tmp_path / "killed", tmp_path / "ref"
 
     # 1. A real process SIGKILLs itself right after iteration 5 (0-based 4): the last checkpoint is iteration 3.
-    proc = _run("scripts/train_voc.py", common + [f"run.work_dir={killed}"], {KILL_ENV: "5"})
+    proc = _run("tests/_kill_after.py", ["5", *common, f"run.work_dir={killed}"])
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["iter_0000003.pth"]
     before_kill = _metrics(killed)

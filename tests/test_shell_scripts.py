@@ -15,7 +15,6 @@ TINY = str(REPO / "configs" / "test_tiny.yaml")
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    env.pop("EXCEL_TEST_KILL_AFTER_ITER", None)
     proc = subprocess.run(["bash", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

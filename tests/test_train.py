@@ -53,7 +53,6 @@ def test_two_process_gloo_training(mini_voc, tmp_path):
     work = tmp_path / "wd"
     report = tmp_path / "collectives.txt"
     env = checked_env(report, dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
-    env.pop("EXCEL_TEST_KILL_AFTER_ITER", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "scripts" / "train_voc.py"), "--config", TINY, f"data.root={mini_voc}", f"run.work_dir={work}",
            f"tse.cache_dir={tmp_path / 'banks'}", "train.max_iters=4", "train.eval_iters=2"]

@@ -10,11 +10,10 @@ import json
 import logging
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +41,6 @@ from excel.utils.tensors import set_tf32
 from excel.utils.vis import sample_grid, write_curves
 
 log = logging.getLogger(__name__)
-
-# Fault injection for the reliability tests: the process SIGKILLs itself after finishing this iteration.
-KILL_ENV = "EXCEL_TEST_KILL_AFTER_ITER"
-
 
 @dataclass
 class StepResult:
@@ -140,6 +135,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=(cfg.train.amp == "fp16" and device.type == "cuda"))
         self.par = build_par(cfg).to(device)
         self.start_iter = 0
+        # callables run with the number of finished iterations after each one (and after its validation and
+        # checkpoint): progress reporting, custom logging, fault injection in the tests
+        self.after_iteration: list[Callable[[int], None]] = []
         self._resume()
         self.tb = self._tensorboard()
         self.vis_indices = _spread(len(self.val_set), int(cfg.run.vis_samples)) if self.tb is not None else []
@@ -300,7 +298,6 @@ class Trainer:
             _truncate_metrics(metrics_file, self.start_iter)
         max_iters = int(cfg.train.max_iters)
         data = iter(self._loader())
-        kill_at = int(os.environ.get(KILL_ENV, "-1"))
         bar = tqdm(range(self.start_iter, max_iters), initial=self.start_iter, total=max_iters, desc="train",
                    disable=self.rank != 0, dynamic_ncols=True)
         last_val: dict[str, float] = {}
@@ -329,8 +326,8 @@ class Trainer:
                 last_val = self.evaluate(finished)
                 if finished >= cfg.train.ckpt_start_iter:
                     self.save(finished)
-            if finished == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+            for hook in self.after_iteration:
+                hook(finished)
             t_prev = time.perf_counter()          # validation and checkpoints are not part of the next step
         bar.close()
         if self.rank == 0:

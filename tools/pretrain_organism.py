@@ -1,9 +1,12 @@
 """Pretrain the organism CLIP (``excel-organism``) on the generated world and export the shipped weights.
 
-    python tools/pretrain_organism.py                      # the shipped weights: ~45 min on 2 CPU cores
+    python tools/pretrain_organism.py --device cuda --num-workers 9    # the shipped weights: 4 min on one H200
+    python tools/pretrain_organism.py                                    # the same on the CPU: ~3 h on 2 cores
     python tools/pretrain_organism.py --steps 100 --work-dir /tmp/org --export /tmp/org/organism.pt
 
-Deterministic from ``--seed``; rerunning with the same work dir resumes from ``<work-dir>/last.pth``.
+The pairs are a function of ``--seed`` alone (any device, any number of workers); rerunning with the same work dir
+resumes from ``<work-dir>/last.pth``. The arithmetic differs across devices, so a CPU run ends close to the shipped
+file, not bit-equal to it (the shipped file came from the first command).
 """
 from __future__ import annotations
 

@@ -39,17 +39,17 @@ class PretrainConfig:
 
     model: str = "excel-organism"
     image_size: int = 192
-    steps: int = 1000
-    batch_size: int = 64
+    steps: int = 2000
+    batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.1
-    warmup: int = 100
+    warmup: int = 200
     seed: int = 0
     crop_prob: float = 0.5          # share of pairs seen through a random square crop
-    eval_every: int = 200
+    eval_every: int = 250
     eval_images: int = 256
-    ckpt_every: int = 50
-    num_workers: int = 1
+    ckpt_every: int = 100
+    num_workers: int = 1            # loader processes: they change the speed, not the pairs
 
 
 def scene_size(rng: np.random.Generator, long_lo: int = 200, long_hi: int = 288) -> tuple[int, int]:
@@ -150,6 +150,14 @@ def zero_shot_map(model: nn.Module, tokenizer: Callable[[list[str]], Tensor], wo
     return float(average_precision((feats @ text.T).cpu(), labels.cpu()).nanmean())
 
 
+_BOOKKEEPING = ("eval_every", "eval_images", "ckpt_every", "num_workers")
+
+
+def _identity(config: dict) -> dict:
+    """The settings that decide the trained weights (a resume may change how often it evaluates or saves)."""
+    return {k: v for k, v in config.items() if k not in _BOOKKEEPING}
+
+
 def lr_at(step: int, cfg: PretrainConfig) -> float:
     """Linear warm-up then cosine decay to zero."""
     if step < cfg.warmup:
@@ -209,7 +217,7 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
     ckpt_path = work_dir / "last.pth"
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if state.get("config") != asdict(cfg):
+        if _identity(state.get("config") or {}) != _identity(asdict(cfg)):
             raise ValueError(f"{ckpt_path} was written with other settings {state.get('config')}; "
                              f"use another work dir or the same settings")
         model.load_state_dict(state["model"])

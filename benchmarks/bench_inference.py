@@ -2,12 +2,15 @@
 
     python benchmarks/bench_inference.py [--dataset voc coco] [--repeats 3] [--size 375 500] [--threads 2]
                                          [--crf-workers 8] [--skip-model]
+                                         [--trained CKPT --data ROOT [--images N] [--split val]]
 
 ViT-B/16 random init (model.clip.pretrained=null), the dataset config's scales and flip rule, one random image of
 the given size; the CRF runs on the softmax of the averaged logits at full resolution with the reference settings.
 Then the CRF alone, full against pruned (``infer.crf_params.prune_below``), at 21 and 81 labels on sharpened random
 logits where background and three classes dominate, with the projected CRF wall time of COCO val (40,137 images) on
-``--crf-workers`` processes.
+``--crf-workers`` processes. With ``--trained``, the same full-against-pruned comparison on the MS+flip outputs of
+a trained decoder over ``--images`` images of a generated dataset (``tools/make_synthetic.py``; the organism run of
+``benchmarks/organism_eval.py`` leaves both), the realistic case.
 """
 from __future__ import annotations
 
@@ -69,6 +72,45 @@ def crf_pruning(h: int, w: int, repeats: int, workers: int) -> dict[str, dict[st
     return out
 
 
+def trained_crf_pruning(checkpoint: str, data_root: str, split: str, images: int) -> dict[str, float]:
+    """Full against pruned CRF on a trained decoder's MS+flip probabilities: agreement and seconds per image."""
+    from excel.data import build_dataset
+    from excel.engine.cli import config_for_checkpoint
+    from excel.engine.inference import load_trained_model, upsample_logits
+    from excel.data.transforms import to_uint8_rgb
+
+    cfg = config_for_checkpoint(checkpoint, overrides=[f"data.root={data_root}", "run.device=cpu"])
+    model = load_trained_model(cfg, checkpoint, torch.device("cpu"), mode=split)
+    dataset = build_dataset(cfg, split, stage="val")
+    prune_below = CRF_DEFAULTS["prune_below"]
+    same = total = 0
+    full_s = pruned_s = kept = 0.0
+    n = min(images, len(dataset))
+    for i in range(n):
+        item = dataset[i]
+        image = item["image"][None]
+        h, w = image.shape[-2:]
+        small = multiscale_logits(model, image, int(cfg.model.input_size), list(cfg.infer.scales),
+                                  bool(cfg.infer.flip_at_unit_scale), logit_size(h, w, cfg.infer.logit_scale))
+        probs = torch.softmax(upsample_logits(small, (h, w)), dim=0).numpy()
+        rgb = to_uint8_rgb(image[0], cfg.data.augment.mean, cfg.data.augment.std)
+        t0 = time.perf_counter()
+        full = dense_crf(rgb, probs).argmax(0)
+        t1 = time.perf_counter()
+        pruned = dense_crf(rgb, probs, prune_below=prune_below).argmax(0)
+        t2 = time.perf_counter()
+        full_s, pruned_s = full_s + t1 - t0, pruned_s + t2 - t1
+        same, total = same + int((full == pruned).sum()), total + full.size
+        kept += len(kept_labels(probs, prune_below))
+    row = {"images": n, "labels": int(probs.shape[0]), "kept_mean": kept / n, "full_s": full_s / n,
+           "pruned_s": pruned_s / n, "agreement": same / total}
+    print(f"trained decoder ({checkpoint}), {n} {split} images, {row['labels']} labels: full CRF "
+          f"{row['full_s']:.2f} s/image, pruned ({row['kept_mean']:.1f} labels kept on average) "
+          f"{row['pruned_s']:.2f} s/image ({row['pruned_s'] / row['full_s']:.2f} x), pixel agreement "
+          f"{100 * row['agreement']:.3f} %", flush=True)
+    return row
+
+
 def _median_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -86,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--crf-workers", type=int, default=8, help="CRF processes for the COCO val projection")
     parser.add_argument("--skip-model", action="store_true", help="time the CRF pruning only")
+    parser.add_argument("--trained", default=None, help="a trained checkpoint: pruning on its real outputs")
+    parser.add_argument("--data", default=None, help="the generated dataset root for --trained")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--images", type=int, default=20, help="images for --trained")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     h, w = args.size
@@ -107,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         print(f"{name}: scales {list(cfg.infer.scales)}, flip at 1.0 {cfg.infer.flip_at_unit_scale}, "
               f"{probs.shape[0]} classes, {h}x{w}: MS+flip {ms:.2f} s/image, CRF {crf:.2f} s/image", flush=True)
     results.update(crf_pruning(h, w, args.repeats, args.crf_workers))
+    if args.trained:
+        if not args.data:
+            parser.error("--trained needs --data (the dataset root the checkpoint's classes belong to)")
+        results["trained"] = trained_crf_pruning(args.trained, args.data, args.split, args.images)
     return results
 
 

@@ -30,6 +30,7 @@ from torch import Tensor
 from excel.errors import ExcelError
 from excel.text.knowledge import load_knowledge_base
 from excel.utils.io import atomic_torch_save
+from excel.utils.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +183,8 @@ def build_cluster_bank(clip_model: torch.nn.Module, tokenizer: Callable[[list[st
 # ---------------------------------------------------------------------------------------------- config glue
 
 def resolve_path(path: str | os.PathLike) -> Path:
-    """A relative path is taken from the working directory if it exists there, else from the repository root."""
-    from excel.config import REPO_ROOT
-
+    """A relative path is taken from the working directory if it exists there, else from the folder above the
+    package (the repository root; site-packages once installed, so ``excel/knowledge/...`` finds the shipped files)."""
     p = Path(path).expanduser()
     if p.is_absolute() or p.exists():
         return p

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from omegaconf import DictConfig
 
@@ -82,18 +82,22 @@ def parse_config(argv: Sequence[str] | None, description: str, default_config: s
     return config_from_args(args, default_config, follow_checkpoint)
 
 
-def run_cli(main, argv: Sequence[str] | None = None) -> int:
-    """Call ``main(argv)``; print an :class:`~excel.errors.ExcelError` (or a missing file) as one line, exit 2."""
+def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """Call ``main(argv)`` and return the exit status for ``sys.exit``: an ``int`` that ``main`` returns (a tool
+    with a status of its own, such as 1 for a report with problems), else 0. Bad input, an
+    :class:`~excel.errors.ExcelError` or a missing file, is printed as one ``error:`` line with status 2, no
+    traceback; anything else is a bug and keeps its traceback.
+    """
     import sys
 
     from excel.errors import ExcelError, user_message
 
     try:
-        main(argv)
+        result = main(argv)
     except (ExcelError, FileNotFoundError) as err:
         print(f"error: {user_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished work is on disk and a rerun continues from it", file=sys.stderr)
         return 130
-    return 0
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0

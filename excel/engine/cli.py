@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -17,18 +18,32 @@ def config_parser(description: str, default_config: str | None) -> argparse.Argu
     """A parser with ``--config FILE`` (repeatable, merged after the default) and trailing ``key=value`` overrides."""
     parser = argparse.ArgumentParser(description=description,
                                      epilog="Trailing key=value arguments override config keys (see configs/base.yaml).")
-    default_note = f" (merged on top of configs/{default_config})" if default_config else ""
-    parser.add_argument("--config", action="append", default=[], metavar="FILE",
-                        help=f"experiment YAML{default_note}; may be given several times")
-    add_base_reset_flag(parser)
+    add_config_flags(parser, default_config)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
+
+
+def add_config_flags(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
+    """``--config FILE`` (repeatable: the layers, merged in order) and ``--allow-base-reset``."""
+    default_note = f" (merged on top of configs/{default_config})" if default_config else ""
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help=f"experiment YAML or shipped config name{default_note}; may be given several times")
+    add_base_reset_flag(parser)
 
 
 def add_base_reset_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-base-reset", action="store_true",
                         help="accept a --config file whose _base_ chain changes keys an earlier --config file set "
                              "(by default that stops the run)")
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def split_overrides(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Positional arguments split into (the others, the ``key=value`` config overrides), each in order."""
+    overrides = [a for a in items if _OVERRIDE.match(a)]
+    return [a for a in items if not _OVERRIDE.match(a)], overrides
 
 
 def config_from_args(args: argparse.Namespace, default_config: str | None,

@@ -52,7 +52,7 @@ class ConfigError(ExcelError, ValueError):
 
 
 def shipped_configs() -> list[str]:
-    """The names of the shipped config files, relative to the config folder (``voc.yaml``, ``ablations/no_tse.yaml``)."""
+    """The shipped config files, named relative to the config folder (``voc.yaml``, ``ablations/no_tse.yaml``)."""
     return sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml"))
 
 

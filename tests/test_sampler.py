@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from itertools import islice
 
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -32,6 +33,7 @@ def test_shards_pad_like_distributed_sampler_and_resume_mid_stream():
     assert len({seed for _, seed in full}) == len(full)  # every position gets its own augmentation seed
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_seeded_items_make_worker_augmentation_repeatable(mini_voc):
     ds = SeededItems(VOCDataset(mini_voc, "train", stage="train", augment={"crop_size": 48}))
 

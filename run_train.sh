@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train ExCEL: one process, or torchrun on several GPUs and machines. Usage (the reference's positional form):
-#   bash run_train.sh SCRIPT [gpu_devices=0] [gpu_number=1] [master_port=29501] [log_tag=""] [key=value | --config FILE ...]
+#   bash run_train.sh SCRIPT [gpu_devices=0] [gpu_number=1] [master_port=$MASTER_PORT or 29501] [log_tag=""] [key=value ...]
 # Examples:
 #   bash run_train.sh scripts/train_voc.py 0,1 2 29501 exp1 data.root=/data/VOC2012
 #   bash run_train.sh scripts/train_coco.py 0 1 29502 "" --config configs/ablations/no_lvc.yaml
@@ -11,7 +11,7 @@
 set -euo pipefail
 source "$(dirname "$0")/scripts/_env.sh"
 source "$EXCEL_ROOT/scripts/_launch.sh"
-if [ $# -lt 1 ]; then sed -n '2,11p' "$0"; exit 2; fi
+if [ $# -lt 1 ]; then awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0"; exit 2; fi
 script="$1"
 shift
 n=$(excel_count_positional 4 "$@")

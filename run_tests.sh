@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Run the test suite (CPU only: no GPU, network, dataset or real CLIP weights needed).
+# Run the test suite (CPU only: no GPU, network, dataset or real CLIP weights needed). Creates .venv on first use.
 # Usage: bash run_tests.sh [pytest args ...]
+#   bash run_tests.sh                     everything (what CI runs)
+#   bash run_tests.sh -m "not slow"       the quick loop: without the multi-process, ViT-B/16 and wheel tests
+#   bash run_tests.sh tests/test_config.py -x
 set -euo pipefail
 source "$(dirname "$0")/scripts/_env.sh"
 excel_env

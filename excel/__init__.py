@@ -3,7 +3,7 @@
 Library layout and tensor contracts: docs/architecture.md. Quick start::
 
     from excel import build_model, load_config
-    model = build_model(load_config("configs/voc.yaml"))
+    model = build_model(load_config("voc.yaml"))   # a shipped config by name, or a path
 
 The top-level names are imported on first use, so light submodules (e.g. the CRF worker of
 ``excel.evaluation.crf``) start without importing torch.

@@ -1,13 +1,20 @@
-# Shared body of infer_seg_voc.sh / infer_seg_coco.sh (sourced): the reference's positional arguments
-#   TOOL_AS_GIVEN [gpu_device=0] [gpu_number=1] [infer_set=val] [checkpoint_path] [key=value ...]
-# The seed passes a tool path first; it is accepted and ignored: $EXCEL_SEG_TOOL is what runs.
+# Shared body of infer_seg_voc.sh and infer_seg_coco.sh (sourced, not run on its own):
+#   excel_infer_seg TOOL DEFAULT_PORT [tools/<any>.py] [gpu_device=0] [gpu_number=1] [infer_set=val] [checkpoint]
+#                   [key=value | --config FILE ...]
+# A leading tool path (older commands pass one, as the reference's scripts do) is accepted and ignored: TOOL runs.
+# The positional arguments end at the first --flag or key=value. MASTER_PORT in the environment replaces
+# DEFAULT_PORT; NNODES, NODE_RANK and MASTER_ADDR spread the run over several machines (scripts/_launch.sh).
 excel_infer_seg() {
-    local tool="$1" port="$2"
+    local tool="$1" port="${MASTER_PORT:-$2}"
     shift 2
-    local devices="${2:-0}" nproc="${3:-1}" split="${4:-val}" ckpt="${5:-}"
-    shift $(( $# < 5 ? $# : 5 ))
+    case "${1:-}" in *.py) shift ;; esac
+    local n
+    n=$(excel_count_positional 4 "$@")
+    local pos=("${@:1:n}")
+    shift "$n"
+    local devices="${pos[0]:-0}" nproc="${pos[1]:-1}" split="${pos[2]:-val}" ckpt="${pos[3]:-}"
     excel_env
     local extra=("infer.split=$split")
     [ -n "$ckpt" ] && extra+=("infer.checkpoint=$ckpt")
-    excel_launch "$tool" "$devices" "$nproc" "${MASTER_PORT:-$port}" "${extra[@]}" "$@"
+    excel_launch "$tool" "$devices" "$nproc" "$port" "${extra[@]}" "$@"
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -15,6 +16,12 @@ DEFAULT_PATTERN = r"attributes of an? (.+?) as seen in photographs"  # ... in ts
 
 def good_answer(name: str, n: int) -> str:
     return "\n".join(f"{i + 1}. It has visible part number {i + 1} of this {name}" for i in range(n))
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that timed out has hung up: no news
+            super().handle_error(request, client_address)
 
 
 class FakeOpenAI:
@@ -69,7 +76,7 @@ class FakeOpenAI:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"

@@ -1,7 +1,6 @@
 """TSE cluster banks (algorithm.md §3.2): KMeans on the tiny CLIP, the authors' file format, caching, validation."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -17,6 +16,8 @@ from excel.config import load_config
 from excel.text.cluster_bank import (ClusterBankError, bank_cache_path, build_cluster_bank, get_cluster_bank,
                                      kmeans_bank, load_cluster_bank, prepare_cluster_bank, save_cluster_bank)
 from excel.text.knowledge import KnowledgeBaseError
+
+from _tools import load_tool  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["cat", "dog", "car", "bus"]
@@ -185,19 +186,13 @@ def test_get_cluster_bank_validates_knowledge_base(cfg, tiny_clip):
         get_cluster_bank(cfg, model, tokenizer)
 
 
-def _load_build_bank_tool():
-    spec = importlib.util.spec_from_file_location("build_bank", REPO / "tools" / "build_bank.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_build_bank_tool(tmp_path, capsys):
-    tool = _load_build_bank_tool()
+    tool = load_tool("build_bank")
     kb = {c: [f"a clean origami {c}. {a}." for a in ATTRS] for c in CLASSES}
     kb["bus"] = list(kb["car"])  # identical sentences: 18 distinct points in 18 clusters, bus shares car's 6
     (tmp_path / "kb.json").write_text(json.dumps(kb))
-    argv = ["--config", str(REPO / "configs" / "test_tiny.yaml"), f"tse.knowledge_base={tmp_path / 'kb.json'}",
+    # --config layers like the other tools: a shipped name, then a file
+    argv = ["--config", "voc.yaml", "--config", str(REPO / "configs" / "test_tiny.yaml"), f"tse.knowledge_base={tmp_path / 'kb.json'}",
             f"tse.cache_dir={tmp_path / 'cache'}", "tse.num_clusters=18", "tse.min_sentences=1",
             f"data.class_names=[{','.join(CLASSES)}]",
             "data.prompt_names=[]"]

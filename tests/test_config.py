@@ -172,3 +172,57 @@ def test_cli_flag_allows_a_base_reset(my_data):
     with pytest.raises(ConfigError, match="lvc.start_iter"):
         parse_config(argv, "test", "voc.yaml")
     assert parse_config([*argv, "--allow-base-reset"], "test", "voc.yaml").lvc.start_iter == 14000
+
+
+# ----------------------------------------------------------------------------- shipped configs by name, layers in memory
+def test_shipped_configs_load_by_name_from_any_directory(tmp_path, monkeypatch):
+    from excel.config import CONFIG_DIR, find_config, shipped_configs
+
+    monkeypatch.chdir(tmp_path)
+    assert CONFIG_DIR == CONFIGS  # in a checkout the shipped configs are the top-level configs/ folder
+    for name in ("voc.yaml", "voc", "configs/voc.yaml"):
+        assert find_config(name) == CONFIGS / "voc.yaml"
+    assert find_config("ablations/no_tse") == CONFIGS / "ablations" / "no_tse.yaml"
+    assert load_config("coco.yaml").tse.num_clusters == 224
+    assert "ablations/no_lvc.yaml" in shipped_configs() and "examples/custom.yaml" in shipped_configs()
+    # a file of one's own chains to a shipped config by name; a local file of that name comes first
+    (tmp_path / "mine.yaml").write_text("_base_: voc.yaml\ntrain:\n  batch_size: 2\n")
+    mine = load_config("mine.yaml")
+    assert mine.data.name == "voc" and mine.train.batch_size == 2 and mine.tse.num_clusters == 112
+    (tmp_path / "voc.yaml").write_text("_base_: configs/coco.yaml\n")
+    assert load_config("voc.yaml").data.name == "coco" and load_config("mine.yaml").data.name == "coco"
+
+
+def test_an_unknown_name_lists_the_shipped_configs(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config("vocc.yaml")
+    message = str(info.value)
+    assert message.startswith("config file not found: vocc.yaml; the shipped configs")
+    assert all(name in message for name in ("base.yaml", "coco.yaml", "voc.yaml", "ablations/no_tse.yaml"))
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope.yaml$"):  # an absolute path stays itself
+        load_config(tmp_path / "configs" / "voc.yaml".replace("voc", "nope"))
+    (tmp_path / "child.yaml").write_text("_base_: no_such_parent.yaml\n")
+    with pytest.raises(ConfigError, match=f"no_such_parent.yaml \\(looked in {tmp_path}\\); the shipped configs"):
+        load_config(tmp_path / "child.yaml")
+
+
+def test_dicts_and_dict_configs_are_layers():
+    from omegaconf import OmegaConf
+
+    layer = OmegaConf.create({"train": {"max_iters": 11}, "run": {"work_dir": "work_dirs/${data.name}_run"}})
+    OmegaConf.set_struct(layer, True)
+    plain = {"_base_": "coco.yaml", "train": {"batch_size": 3}}
+    cfg = load_config(["voc.yaml", layer], ["train.eval_iters=5"])
+    assert cfg.train.max_iters == 11 and cfg.train.eval_iters == 5
+    assert cfg.run.work_dir == "work_dirs/voc_run"  # the interpolation is kept until read
+    cfg = load_config([plain], allow_base_reset=True)
+    assert cfg.data.name == "coco" and cfg.train.batch_size == 3
+    assert plain == {"_base_": "coco.yaml", "train": {"batch_size": 3}} and "_base_" not in layer  # untouched
+    assert load_config(None, defaults=[{"train": {"max_iters": 2}}], allow_base_reset=True).train.max_iters == 2
+    # a full config (a checkpoint's, or one built in code) layers too: what was loaded comes back
+    again = load_config(load_config("coco.yaml", ["train.max_iters=13"]))
+    assert again == load_config("coco.yaml", ["train.max_iters=13"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.max_iter' in config layer 2 \(given in memory\)"):
+        load_config(["voc.yaml", {"train": {"max_iter": 3}}])
+    with pytest.raises(ConfigError, match="train.batch_size.*must be a number"):
+        load_config({"train": {"batch_size": "four"}})

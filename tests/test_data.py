@@ -1,4 +1,4 @@
-"""Datasets, augmentation (algorithm.md §8.4), loaders (quirk 17), palette, and errors on bad data."""
+"""Datasets, augmentation (algorithm.md §8.4), the evaluation sampler, palette, and errors on bad data."""
 from __future__ import annotations
 
 import random
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
-from excel.data import (AugmentConfig, COCODataset, DatasetError, VOCDataset, build_dataset, build_loader,
-                        check_dataset, colorize, denormalize, legend, make_synthetic_coco, multi_hot, overlay,
-                        voc_palette, with_legend)
+from excel.data import (AugmentConfig, COCODataset, DatasetError, VOCDataset, build_dataset, check_dataset,
+                        colorize, denormalize, legend, make_synthetic_coco, multi_hot, overlay, voc_palette,
+                        with_legend)
 from excel.data.loader import ShardSampler
 from excel.data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_box
 
@@ -173,7 +174,7 @@ def test_build_dataset_and_loader_from_config(tiny_cfg, mini_voc, tmp_path):
     tiny_cfg.data.root = str(mini_voc)
     train = build_dataset(tiny_cfg, stage="train")
     assert isinstance(train, VOCDataset) and train.split == "train" and train.aug.crop_size == 64
-    batch = next(iter(build_loader(train, batch_size=2, seed=0)))
+    batch = next(iter(DataLoader(train, batch_size=2)))
     assert batch["image"].shape == (2, 3, 64, 64) and batch["label"].shape == (2, 64, 64)
     assert batch["cls_label"].shape == (2, 20) and len(batch["name"]) == 2
     val = build_dataset(tiny_cfg, stage="val")
@@ -194,28 +195,11 @@ def test_build_dataset_and_loader_from_config(tiny_cfg, mini_voc, tmp_path):
         build_dataset(tiny_cfg, stage="val")
 
 
-def test_loader_same_permutation_every_pass_and_sharding(mini_voc):
+def test_evaluation_shards_cover_the_split_once(mini_voc):
+    """ShardSampler (validation and inference over several processes): rank r of w gets r, r + w, ...; no padding."""
     ds = VOCDataset(mini_voc, "train", stage="val")
-    loader = build_loader(ds, batch_size=1, shuffle=True, drop_last=False, seed=3, max_iter=30000)
-    first = [b["name"][0] for b in loader]
-    second = [b["name"][0] for b in loader]
-    assert first == second and sorted(first) == sorted(ds.names) and first != ds.names  # quirk 17
-    assert loader.sampler.epoch == np.random.RandomState(3).randint(30000)
-    other = [b["name"][0] for b in build_loader(ds, 1, shuffle=True, drop_last=False, seed=4, max_iter=30000)]
-    assert other != first
-    evals = [b["name"][0] for b in build_loader(ds, 1, shuffle=False, drop_last=False)]
-    assert evals == ds.names
     shards = [list(ShardSampler(ds, r, 3)) for r in range(3)]
-    assert sorted(sum(shards, [])) == list(range(len(ds))) and [len(s) for s in shards] == [3, 3, 2]
-    with pytest.raises(RuntimeError, match="process group"):
-        build_loader(ds, 1, distributed=True)
-
-
-def test_loader_workers_are_deterministic(mini_voc):
-    ds = VOCDataset(mini_voc, "train", stage="train", augment={"crop_size": 48})
-    runs = [[b["image"] for b in build_loader(ds, 2, num_workers=2, seed=1)] for _ in range(2)]
-    for a, b in zip(*runs):
-        torch.testing.assert_close(a, b)
+    assert shards == [[0, 3, 6], [1, 4, 7], [2, 5]] and [len(ShardSampler(ds, r, 3)) for r in range(3)] == [3, 3, 2]
 
 
 # ----------------------------------------------------------------------------------------------- bad data

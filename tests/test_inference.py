@@ -236,6 +236,7 @@ def _voc_ckpt_for(cfg, tmp_path):
     return save_checkpoint(tmp_path / "voc_meta.pth", state, None, 1, None, meta=meta)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_single_process(seg_checkpoint, voc_val_run, tmp_path):
     single, _ = voc_val_run
     report = tmp_path / "collectives.txt"

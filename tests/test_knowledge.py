@@ -9,7 +9,7 @@ import pytest
 
 from excel.backbone import load_tokenizer
 from excel.config import load_config
-from excel.text.knowledge import (KnowledgeBaseError, convert_llm_text, count_tokens, load_knowledge_base,
+from excel.text.knowledge import (KnowledgeBaseError, count_tokens, load_knowledge_base,
                                   match_classes, normalize_name)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,17 +93,6 @@ def test_count_tokens_agrees_with_tokenizer():
               "Its SURFACE is glossy, smooth & bright!"]:
         ids = tokenizer([s])[0]
         assert count_tokens(s, tokenizer) == int((ids != 0).sum()) == count_tokens(s)
-
-
-def test_convert_llm_text():
-    lines = []
-    for name in ["cat", "dog"]:
-        lines += [f"{name}:", "["] + [f'    "it has trait {i} of {name}",' for i in range(3)] + ["]", ""]
-    out = convert_llm_text("\n".join(lines), ["cat", "dog"], per_class=3)
-    assert out["cat"] == [f"a clean origami cat. it has trait {i} of cat" for i in range(3)]
-    assert out["dog"][2] == "a clean origami dog. it has trait 2 of dog"
-    with pytest.raises(KnowledgeBaseError, match="need at least"):
-        convert_llm_text("\n".join(lines[:8]), ["cat", "dog"], per_class=3)
 
 
 @pytest.mark.parametrize("config", ["voc.yaml", "coco.yaml"])

@@ -1,25 +1,20 @@
-"""tools/build_knowledge_base.py against a real local HTTP server speaking the OpenAI chat-completions protocol."""
+"""tools/build_knowledge_base.py (and excel.text.llm behind it) against a real local HTTP server speaking the OpenAI
+chat-completions protocol."""
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from _fake_llm import FakeOpenAI
+from _tools import load_tool
 
-REPO = Path(__file__).resolve().parent.parent
+from excel.engine.cli import run_cli
+from excel.text import llm
 
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("build_knowledge_base", REPO / "tools" / "build_knowledge_base.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool("build_knowledge_base")
 
 CLASSES = ["cat", "dog", "hot dog"]
 PROMPT = "CLASS=<{class_name}> N={n} OTHERS=<{other_classes}>"
@@ -87,7 +82,7 @@ def test_malformed_answer_is_reasked(server, tmp_path, classes_file):
 
 def test_invalid_answers_exhaust_limit(server, tmp_path, classes_file):
     server.script["cat"] = [(200, "nothing useful")] * 3
-    with pytest.raises(tool.LLMToolError, match="class 'cat': no valid answer after 3 tries"):
+    with pytest.raises(llm.LLMToolError, match="class 'cat': no valid answer after 3 tries"):
         run_tool(server, tmp_path / "kb.json", classes_file)
     assert server.counts["cat"] == 3
 
@@ -109,7 +104,7 @@ def test_timeout_is_retried(server, tmp_path, classes_file):
 
 def test_auth_failure_names_base_url_and_env_var(server, tmp_path, classes_file):
     server.script["cat"] = [(401, "Incorrect API key provided")]
-    with pytest.raises(tool.LLMToolError) as info:
+    with pytest.raises(llm.LLMToolError) as info:
         run_tool(server, tmp_path / "kb.json", classes_file)
     msg = str(info.value)
     assert "OPENAI_API_KEY" in msg and f"127.0.0.1:{server.server.server_address[1]}" in msg
@@ -120,7 +115,7 @@ def test_auth_failure_names_base_url_and_env_var(server, tmp_path, classes_file)
 def test_missing_key_is_a_clear_error(server, tmp_path, classes_file, monkeypatch):
     """Without --base-url the key is needed (the hosted API): the error comes before any request."""
     monkeypatch.delenv("OPENAI_API_KEY")
-    with pytest.raises(tool.LLMToolError, match="OPENAI_API_KEY is not set.*or give --base-url for a local server"):
+    with pytest.raises(llm.LLMToolError, match="OPENAI_API_KEY is not set.*or give --base-url for a local server"):
         tool.main(["--classes-file", str(classes_file), "--out", str(tmp_path / "kb.json")])
     assert sum(server.counts.values()) == 0 and not (tmp_path / "kb.json").exists()
 
@@ -129,13 +124,13 @@ def test_a_base_url_server_needs_no_key(server, tmp_path, classes_file, monkeypa
     monkeypatch.delenv("OPENAI_API_KEY")
     kb, _ = run_tool(server, tmp_path / "kb.json", classes_file)
     assert list(kb) == CLASSES
-    assert {h.get("authorization") for h in server.headers} == {f"Bearer {tool.LOCAL_KEY_PLACEHOLDER}"}
+    assert {h.get("authorization") for h in server.headers} == {f"Bearer {llm.LOCAL_KEY_PLACEHOLDER}"}
 
 
 def test_resume_after_interruption_never_reasks_finished(server, tmp_path, classes_file):
     out = tmp_path / "kb.json"
     server.script["dog"] = [(500, "down")] * 3  # more failures than max_retries=2 -> the run stops at "dog"
-    with pytest.raises(tool.LLMToolError, match="giving up after 3 attempts"):
+    with pytest.raises(llm.LLMToolError, match="giving up after 3 attempts"):
         run_tool(server, out, classes_file)
     partial = json.loads(out.read_text())
     assert list(partial) == ["cat"]
@@ -155,23 +150,48 @@ def test_resume_from_preexisting_file_in_class_order(server, tmp_path, classes_f
 
 
 def test_parse_answer_formats():
-    assert tool.parse_answer("Here you go:\n1. a b c\n2) d e f\n\n- g h i\nThanks") == ["a b c", "d e f", "g h i"]
-    assert tool.parse_answer('```json\n["x y z", "u v w"]\n```') == ["x y z", "u v w"]
-    assert tool.parse_answer('{"attributes": ["x y z"]}') == ["x y z"]
-    assert tool.parse_answer("plain one\nplain two") == ["plain one", "plain two"]
+    assert llm.parse_answer("Here you go:\n1. a b c\n2) d e f\n\n- g h i\nThanks") == ["a b c", "d e f", "g h i"]
+    assert llm.parse_answer('```json\n["x y z", "u v w"]\n```') == ["x y z", "u v w"]
+    assert llm.parse_answer('{"attributes": ["x y z"]}') == ["x y z"]
+    assert llm.parse_answer("plain one\nplain two") == ["plain one", "plain two"]
 
 
 def test_validate_attributes_rules():
     prefix = "a clean origami cat. "
     ok = ["it has whiskers.", "its ears are pointed.", "it has soft fur."]
-    assert tool.validate_attributes(ok, 3, "cat", ["dog", "hot dog"], prefix) == []
-    probs = tool.validate_attributes(["it chases a dog.", "its ears are pointed.", "Its ears are  pointed.", "ok"],
+    assert llm.validate_attributes(ok, 3, "cat", ["dog", "hot dog"], prefix) == []
+    probs = llm.validate_attributes(["it chases a dog.", "its ears are pointed.", "Its ears are  pointed.", "ok"],
                                      3, "cat", ["dog", "hot dog"], prefix)
     text = " | ".join(probs)
     assert "expected exactly 3" in text and "names other classes ['dog']" in text
     assert "repeats item 2" in text and "item 4 is not a sentence" in text
     # whole words only: "dogged" is not "dog"
-    assert tool.validate_attributes(["it is dogged and calm."], 1, "cat", ["dog"], prefix) == []
+    assert llm.validate_attributes(["it is dogged and calm."], 1, "cat", ["dog"], prefix) == []
     long = "it has " + " ".join(["whiskers"] * 80) + "."
-    assert "too long" in " ".join(tool.validate_attributes([long], 1, "cat", [], prefix))
-    assert tool.clean_attribute(' "It has a tail" ') == "it has a tail."
+    assert "too long" in " ".join(llm.validate_attributes([long], 1, "cat", [], prefix))
+    assert llm.clean_attribute(' "It has a tail" ') == "it has a tail."
+
+
+def test_configs_layer_like_the_other_tools(server, tmp_path):
+    """--config is repeatable: the class list and tse.llm.* come from the layered files, key=value on top."""
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("data:\n  class_names: [cat, dog, hot dog]\ntse:\n  llm:\n    model: overlay-model\n"
+                       "    num_sentences: 3\n")
+    out = tmp_path / "kb.json"
+    tool.main(["--config", "voc.yaml", "--config", str(overlay), "--out", str(out), "--base-url", server.base_url,
+               f"tse.llm.prompt_template='{PROMPT}'"])
+    assert list(json.loads(out.read_text())) == CLASSES
+    assert {b["model"] for b in server.bodies} == {"overlay-model"}
+    assert server.bodies[0]["messages"][1]["content"] == "CLASS=<cat> N=3 OTHERS=<dog, hot dog>"
+
+
+def test_without_openai_the_error_names_the_extra(tmp_path, classes_file, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "openai", None)  # import openai now raises ImportError
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    argv = ["--classes-file", str(classes_file), "--out", str(tmp_path / "kb.json")]
+    with pytest.raises(llm.LLMToolError, match=r'pip install "excel\[llm\]" \(or pip install openai\)'):
+        tool.main(argv)
+    assert run_cli(tool.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: writing a knowledge base needs the openai package") and err.count("\n") == 1
+    assert not (tmp_path / "kb.json").exists()

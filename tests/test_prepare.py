@@ -162,7 +162,7 @@ def test_prepare_voc_from_images_and_masks_alone(tmp_path, capsys):
     assert "found 3 foreground classes (+ background) in the masks (values 1..3)" in out
     assert "wrote a seeded split of the ids with a mask (12 ids): train 10, val 2 (--val-fraction 0.2, --seed 0" in out
     val = read_lines(root / "lists" / "val.txt")
-    assert val == sorted(random.Random(0).sample(ids, 2))  # round(0.2 * 12) ids drawn with the seed
+    assert val == sorted(random.Random(0).sample(ids, 2))  # round(0.2 * 12) ids drawn with --seed 0
     assert read_lines(root / "lists" / "train.txt") == [n for n in ids if n not in val]
     assert read_lines(root / "lists" / "train_aug.txt") == read_lines(root / "lists" / "train.txt")
     assert read_lines(root / "lists" / "trainval.txt") == ids

@@ -1,4 +1,6 @@
-"""The reference's shell entry points keep their positional usage: run_train.sh and infer_seg_voc.sh on CPU."""
+"""The shell entry points: the reference's positional usage (run_train.sh and infer_seg_voc.sh on CPU), the shorter
+inference usage without a tool path, the multi-machine variables reaching torchrun, the SLURM example, and the
+environment set-up of scripts/_env.sh."""
 from __future__ import annotations
 
 import json
@@ -34,13 +36,131 @@ def test_run_train_sh_positional_arguments(mini_voc, tmp_path):
 
 
 @pytest.mark.slow
-def test_infer_seg_voc_sh_accepts_the_seed_tool_argument(seg_checkpoint, tmp_path):
+def test_infer_seg_voc_sh_accepts_a_leading_tool_path(seg_checkpoint, tmp_path):
     out = tmp_path / "seg"
     _run(["infer_seg_voc.sh", "tools/infer_lam.py", "0", "1", "val", str(seg_checkpoint["path"]), "--config", TINY,
           *seg_checkpoint["overrides"], f"infer.output_dir={out}"])
     result = json.loads((out / "results.json").read_text())
     assert result["tool"] == "infer_seg_voc" and result["split"] == "val" and result["num_images"] == 4
     assert 0 <= result["scores"]["raw"]["miou"] <= 1
+
+
+# ----------------------------------------------------------------------------- what reaches torchrun
+LAUNCH_PYTHON = """#!/usr/bin/env bash
+# A stand-in for the checkout's python: no GPU, requirements met, and every launch written to calls.log.
+case "$1" in
+    */_requirements_met.py) exit 0 ;;
+    -c) exit 1 ;;
+esac
+echo "$*" >> "$(dirname "$0")/../../calls.log"
+"""
+FAKE_SCONTROL = """#!/usr/bin/env bash
+[ "$*" = "show hostnames $SLURM_JOB_NODELIST" ] && printf 'gpu-a17\\ngpu-a18\\n'
+"""
+FAKE_SRUN = """#!/usr/bin/env bash
+# as SLURM with --ntasks-per-node=1: the command once per machine, SLURM_NODEID = its index
+while [ "${1#--}" != "$1" ]; do shift; done
+for id in $(seq 0 $((SLURM_JOB_NUM_NODES - 1))); do SLURM_NODEID=$id "$@" || exit $?; done
+"""
+LAUNCH_FILES = ("run_train.sh", "infer_lam.sh", "infer_seg_voc.sh", "infer_seg_coco.sh", "scripts/_env.sh",
+                "scripts/_launch.sh", "scripts/_infer_seg.sh", "scripts/slurm_train.sbatch", "requirements.txt",
+                "pyproject.toml")
+MULTI_NODE = ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture()
+def launch_checkout(tmp_path):
+    """The shell scripts in a folder whose .venv/bin/python records what it is asked to run (torchrun is
+    ``python -m torch.distributed.run``), and whose entry points are empty files."""
+    import shutil
+
+    root = tmp_path / "checkout"
+    for name in LAUNCH_FILES:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, root / name)
+    for name in ("scripts/train_voc.py", "tools/infer_lam.py", "tools/infer_seg_voc.py", "tools/infer_seg_coco.py"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).touch()
+    for path, text in ((".venv/bin/python", LAUNCH_PYTHON), ("bin/scontrol", FAKE_SCONTROL), ("bin/srun", FAKE_SRUN)):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+        (root / path).chmod(0o755)
+    return root
+
+
+def _launch(root: Path, args: list[str], env: dict[str, str] | None = None, status: int = 0) -> list[list[str]]:
+    """Run a script of ``root`` (cwd ``root``); return the recorded launches, each as its argument list."""
+    import shlex
+
+    base = {k: v for k, v in os.environ.items() if k not in MULTI_NODE and not k.startswith("SLURM_")}
+    base["PATH"] = f"{root / 'bin'}{os.pathsep}{base['PATH']}"
+    proc = subprocess.run(["bash", *args], cwd=root, env={**base, **(env or {})}, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == status, proc.stdout + proc.stderr
+    log = root / "calls.log"
+    calls = [shlex.split(line) for line in log.read_text().splitlines()] if log.exists() else []
+    log.unlink(missing_ok=True)
+    return calls
+
+
+TORCHRUN = ["-m", "torch.distributed.run"]
+
+
+def test_one_process_on_one_machine_runs_the_script_directly(launch_checkout):
+    root = launch_checkout
+    assert _launch(root, ["run_train.sh", "scripts/train_voc.py", "0", "1", "29501", "exp1", "data.root=/d"]) == [
+        ["scripts/train_voc.py", "run.log_tag=exp1", "data.root=/d"]]
+    # the inference scripts without the reference's leading tool path, and with it (ignored by the seg scripts)
+    ckpt = "work_dirs/voc/checkpoints/iter_0030000.pth"
+    expected = [["tools/infer_seg_voc.py", "infer.split=val", f"infer.checkpoint={ckpt}", "infer.crf=true"]]
+    assert _launch(root, ["infer_seg_voc.sh", "0", "1", "val", ckpt, "infer.crf=true"]) == expected
+    assert _launch(root, ["infer_seg_voc.sh", "tools/infer_lam.py", "0", "1", "val", ckpt, "infer.crf=true"]) == expected
+    # positional arguments stop at the first key=value or --flag; the rest keep their defaults
+    assert _launch(root, ["infer_seg_coco.sh", "data.root=/coco"]) == [
+        ["tools/infer_seg_coco.py", "infer.split=val", "data.root=/coco"]]
+    assert _launch(root, ["infer_lam.sh", "0", "1", "val", "--config", "c.yaml"]) == [
+        ["tools/infer_lam.py", "infer.split=val", "--config", "c.yaml"]]
+    assert _launch(root, ["infer_lam.sh", "tools/infer_lam.py", "0", "1", "train", ""]) == [
+        ["tools/infer_lam.py", "infer.split=train"]]
+
+
+def test_several_processes_go_through_torchrun_with_one_machine_by_default(launch_checkout):
+    root = launch_checkout
+    (call,) = _launch(root, ["run_train.sh", "scripts/train_voc.py", "0,1", "2", "29507", "", "train.max_iters=9"])
+    assert call == [*TORCHRUN, "--nnodes=1", "--node_rank=0", "--master_addr=127.0.0.1", "--master_port=29507",
+                    "--nproc_per_node=2", "scripts/train_voc.py", "train.max_iters=9"]
+    (call,) = _launch(root, ["infer_lam.sh", "0,1", "2", "train", ""])
+    assert call == [*TORCHRUN, "--nnodes=1", "--node_rank=0", "--master_addr=127.0.0.1", "--master_port=29511",
+                    "--nproc_per_node=2", "tools/infer_lam.py", "infer.split=train"]
+
+
+def test_the_multi_machine_variables_reach_torchrun(launch_checkout):
+    root = launch_checkout
+    env = {"NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.1.2.3", "MASTER_PORT": "29600"}
+    flags = ["--nnodes=2", "--node_rank=1", "--master_addr=10.1.2.3", "--master_port=29600"]
+    # one process per machine is still a torchrun job when there are two machines; an explicit port wins
+    (call,) = _launch(root, ["run_train.sh", "scripts/train_voc.py", "0", "1"], env)
+    assert call == [*TORCHRUN, *flags, "--nproc_per_node=1", "scripts/train_voc.py"]
+    (call,) = _launch(root, ["run_train.sh", "scripts/train_voc.py", "0,1", "2", "29700", "exp"], env)
+    assert call[2:7] == [*flags[:3], "--master_port=29700", "--nproc_per_node=2"]
+    for script, tool in (("infer_seg_voc.sh", "infer_seg_voc.py"), ("infer_seg_coco.sh", "infer_seg_coco.py"),
+                         ("infer_lam.sh", "infer_lam.py")):
+        (call,) = _launch(root, [script, "0,1,2,3", "4", "val", "ckpt.pth"], env)
+        assert call == [*TORCHRUN, *flags, "--nproc_per_node=4", f"tools/{tool}", "infer.split=val",
+                        "infer.checkpoint=ckpt.pth"], script
+    out = subprocess.run(["bash", "run_train.sh", "scripts/train_voc.py"], cwd=root, capture_output=True, text=True,
+                         env={**os.environ, "PATH": f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}",
+                              "NNODES": "2", "NODE_RANK": "2"})
+    assert out.returncode == 2 and "NODE_RANK=2 must be below NNODES=2" in out.stderr
+
+
+def test_the_slurm_example_starts_one_torchrun_per_machine(launch_checkout):
+    root = launch_checkout
+    env = {"SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu-a[17-18]", "SLURM_SUBMIT_DIR": str(root),
+           "GPUS_PER_NODE": "2"}
+    calls = _launch(root, ["scripts/slurm_train.sbatch", "scripts/train_voc.py", "data.root=/d"], env)
+    assert calls == [[*TORCHRUN, "--nnodes=2", f"--node_rank={rank}", "--master_addr=gpu-a17", "--master_port=29501",
+                      "--nproc_per_node=2", "scripts/train_voc.py", "data.root=/d"] for rank in (0, 1)]
 
 
 # ----------------------------------------------------------------------------- run_tests.sh and the environment

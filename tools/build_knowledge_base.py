@@ -1,15 +1,10 @@
 """Write a TSE knowledge base (algorithm.md §3.1) with an OpenAI-compatible chat API.
 
-For every class the model is asked for ``n`` attribute sentences (prompt: ``tse.llm.prompt_template`` in the
-config, placeholders ``{class_name}``, ``{n}``, ``{other_classes}``). Each answer is parsed (numbered or bulleted
-lines, or a JSON list) and validated: exactly ``n`` distinct sentences, none naming another class as a whole word,
-each within CLIP's 77 tokens once prefixed. An invalid answer is re-asked (``tse.llm.max_invalid_retries``);
-transient API errors are retried with exponential backoff (``tse.llm.max_retries``, ``tse.llm.backoff_base``).
-Finished classes are written to ``--out`` as they complete (atomic JSON), and a rerun resumes: classes already
-in the file are never asked again. Stored sentences are ``tse.prefix_template.format(class) + attribute``.
-
-The API key is read from the environment variable OPENAI_API_KEY only. A local server given with --base-url (or
-tse.llm.base_url) needs none: without the variable a placeholder key is sent.
+For every class the model is asked for ``n`` attribute sentences (``tse.llm.prompt_template``); each answer is
+validated (``n`` distinct sentences, no other class named, within CLIP's 77 tokens) and re-asked when invalid;
+transient API errors are retried with backoff. Finished classes are written to ``--out`` as they complete, and a
+rerun resumes. Stored sentences are ``tse.prefix_template.format(class) + attribute``. Needs the openai package:
+``pip install "excel[llm]"``. The API key is read from $OPENAI_API_KEY only; a --base-url server needs none.
 
     export OPENAI_API_KEY=sk-...
     python tools/build_knowledge_base.py --config configs/voc.yaml --out excel/knowledge/voc_knowledge_base.json
@@ -19,240 +14,40 @@ tse.llm.base_url) needs none: without the variable a placeholder key is sent.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import re
 import sys
 import time
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-import openai
-from tqdm import tqdm
-
-from excel.config import load_config
-from excel.text.knowledge import CONTEXT_LENGTH, count_tokens
-from excel.utils.io import atomic_write_json
-
-log = logging.getLogger("build_knowledge_base")
-
-API_KEY_ENV = "OPENAI_API_KEY"
-LOCAL_KEY_PLACEHOLDER = "no-key"  # sent to a --base-url server when $OPENAI_API_KEY is unset
-_TRANSIENT = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)  # timeouts included
-_ITEM_MARK = re.compile(r"^\s*(?:\(?\d{1,3}[.):\]]|[-*\u2022])\s+")
-
-
-class LLMToolError(RuntimeError):
-    """The knowledge-base tool cannot go on (bad input, authentication, exhausted retries)."""
-
-
-# ------------------------------------------------------------------------------------- answer handling
-
-def parse_answer(text: str) -> list[str]:
-    """Items of an LLM answer: a JSON list of strings (optionally in a ```json fence, or the single list value of
-    a JSON object), else the numbered/bulleted lines (other lines dropped), else every non-empty line."""
-    body = re.sub(r"^\s*```(?:json)?\s*|\s*```\s*$", "", text.strip())
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError:
-        data = None
-    if isinstance(data, dict):
-        lists = [v for v in data.values() if isinstance(v, list)]
-        data = lists[0] if len(lists) == 1 else None
-    if isinstance(data, list):
-        return [str(x).strip() for x in data if str(x).strip()]
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    marked = [_ITEM_MARK.sub("", ln).strip() for ln in lines if _ITEM_MARK.match(ln)]
-    return marked if marked else [ln.strip() for ln in lines]
-
-
-def clean_attribute(item: str) -> str:
-    """Strip quotes and spaces, lower-case a leading capital ("It has" -> "it has"), end with a full stop."""
-    s = item.strip().strip('"\u201c\u201d').strip()
-    if len(s) > 1 and s[0].isupper() and s[1].islower():
-        s = s[0].lower() + s[1:]
-    if s and s[-1].isalnum():
-        s += "."
-    return s
-
-
-def _mentions(sentence: str, name: str) -> bool:
-    words = r"\s+".join(re.escape(w) for w in name.split())
-    return re.search(rf"(?<![\w-]){words}(?![\w-])", sentence, flags=re.IGNORECASE) is not None
-
-
-def validate_attributes(items: Sequence[str], n: int, class_name: str, other_classes: Sequence[str],
-                        prefix: str) -> list[str]:
-    """Problems with one class's cleaned attribute sentences (empty list = valid)."""
-    problems = []
-    if len(items) != n:
-        problems.append(f"expected exactly {n} sentences, got {len(items)}")
-    seen: dict[str, int] = {}
-    for i, s in enumerate(items, 1):
-        if len(re.findall(r"[A-Za-z]+", s)) < 3:
-            problems.append(f"item {i} is not a sentence: {s!r}")
-            continue
-        own_removed = re.sub(rf"(?<![\w-]){re.escape(class_name)}(?![\w-])", " ", s, flags=re.IGNORECASE)
-        named = [o for o in other_classes if _mentions(own_removed, o)]
-        if named:
-            problems.append(f"item {i} names other classes {named}: {s!r}")
-        key = " ".join(s.lower().split())
-        if key in seen:
-            problems.append(f"item {i} repeats item {seen[key]}: {s!r}")
-        seen.setdefault(key, i)
-        tokens = count_tokens(prefix + s)
-        if tokens > CONTEXT_LENGTH:
-            problems.append(f"item {i} is too long ({tokens} CLIP tokens with the prefix, limit {CONTEXT_LENGTH})")
-    return problems
-
-
-# ---------------------------------------------------------------------------------------------- requests
-
-def request_with_retries(client: openai.OpenAI, messages: list[dict[str, str]], llm: Any,
-                         sleep: Callable[[float], None] = time.sleep) -> str:
-    """One chat completion, retrying transient errors with delays backoff_base * 2**attempt (capped)."""
-    for attempt in range(int(llm.max_retries) + 1):
-        try:
-            resp = client.chat.completions.create(model=llm.model, messages=messages,
-                                                  temperature=float(llm.temperature))
-            return resp.choices[0].message.content or ""
-        except openai.AuthenticationError as err:
-            raise LLMToolError(f"authentication failed at {client.base_url} (HTTP {err.status_code}); check the API "
-                               f"key in the environment variable {API_KEY_ENV} and --base-url") from err
-        except (*_TRANSIENT, openai.APIStatusError) as err:
-            status = getattr(err, "status_code", None)
-            transient = isinstance(err, _TRANSIENT) or status in (408, 409) or (status or 0) >= 500
-            if not transient:
-                raise LLMToolError(f"the API at {client.base_url} refused the request (HTTP {status}): {err}") from err
-            if attempt == int(llm.max_retries):
-                raise LLMToolError(f"giving up after {attempt + 1} attempts at {client.base_url}: "
-                                   f"{type(err).__name__}: {err}") from err
-            delay = min(float(llm.backoff_max), float(llm.backoff_base) * 2 ** attempt)
-            log.warning("transient API error (%s); retry %d/%d in %.2fs", type(err).__name__, attempt + 1,
-                        int(llm.max_retries), delay)
-            sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def ask_class(client: openai.OpenAI, llm: Any, class_name: str, other_classes: Sequence[str], n: int,
-              prefix: str, sleep: Callable[[float], None] = time.sleep) -> list[str]:
-    """``n`` validated attribute sentences for one class (re-asking on invalid answers)."""
-    prompt = llm.prompt_template.format(class_name=class_name, n=n, other_classes=", ".join(other_classes))
-    messages = [{"role": "system", "content": llm.system_prompt}, {"role": "user", "content": prompt}]
-    problems: list[str] = []
-    for attempt in range(int(llm.max_invalid_retries) + 1):
-        answer = request_with_retries(client, messages, llm, sleep=sleep)
-        items = [clean_attribute(x) for x in parse_answer(answer)]
-        problems = validate_attributes(items, n, class_name, other_classes, prefix)
-        if not problems:
-            return items
-        log.warning("class '%s': invalid answer (attempt %d): %s", class_name, attempt + 1, "; ".join(problems[:5]))
-        messages = messages + [
-            {"role": "assistant", "content": answer},
-            {"role": "user", "content": "That answer cannot be used: " + "; ".join(problems[:10])
-             + f". Answer again with exactly {n} numbered sentences and nothing else."},
-        ]
-    raise LLMToolError(f"class '{class_name}': no valid answer after {int(llm.max_invalid_retries) + 1} tries; "
-                       f"last problems: {'; '.join(problems[:5])}")
-
-
-def load_existing(path: Path, class_names: Sequence[str]) -> dict[str, list[str]]:
-    """Finished classes of a previous run (an existing ``--out`` file), for resuming."""
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LLMToolError(f"cannot resume from {path}: not valid JSON ({err}); move it away to start afresh") from err
-    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
-        raise LLMToolError(f"cannot resume from {path}: expected a JSON object {{class: [sentences]}}")
-    extra = [k for k in data if k not in class_names]
-    if extra:
-        log.warning("%s holds classes not in the class list (kept as they are): %s", path, extra)
-    return data
-
-
-def read_classes(args: argparse.Namespace, cfg: Any) -> list[str]:
-    if args.classes_file:
-        path = Path(args.classes_file)
-        if not path.is_file():
-            raise LLMToolError(f"--classes-file {path}: file not found")
-        names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        source = str(path)
-    else:
-        names = list(cfg.data.class_names)
-        source = f"data.class_names of {args.config or 'base.yaml'}"
-    if not names:
-        raise LLMToolError(f"no class names in {source}; give --config with data.class_names or --classes-file")
-    dupes = sorted({x for x in names if names.count(x) > 1})
-    if dupes:
-        raise LLMToolError(f"duplicate class names in {source}: {dupes}")
-    return names
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="experiment YAML (class names and tse.llm.*); default base.yaml")
-    p.add_argument("--classes-file", default=None, help="text file with one class name per line (overrides the config)")
-    p.add_argument("--out", required=True, help="output JSON; an existing file is resumed")
-    p.add_argument("--model", default=None, help="chat model (default tse.llm.model)")
-    p.add_argument("--base-url", default=None, help="API base URL (default tse.llm.base_url, else the client's)")
-    p.add_argument("-n", "--num-sentences", type=int, default=None,
-                   help="sentences per class (default tse.llm.num_sentences)")
-    p.add_argument("overrides", nargs="*", help="config overrides key=value")
-    return p.parse_args(argv)
+from excel.engine.cli import config_from_args, config_parser, run_cli
+from excel.text.llm import make_client, read_class_names, write_knowledge_base
 
 
 def main(argv: Sequence[str] | None = None, sleep: Callable[[float], None] = time.sleep) -> dict[str, list[str]]:
     """Run the tool; returns the written knowledge base."""
-    args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    parser = config_parser(__doc__.split("\n\n")[0], None)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--classes-file", default=None, help="one class name a line (instead of data.class_names)")
+    parser.add_argument("--out", required=True, help="output JSON; an existing file is resumed")
+    parser.add_argument("--model", default=None, help="chat model (default tse.llm.model)")
+    parser.add_argument("--base-url", default=None, help="API base URL (default tse.llm.base_url, else the client's)")
+    parser.add_argument("-n", "--num-sentences", type=int, default=None,
+                        help="sentences per class (default tse.llm.num_sentences)")
+    args = parser.parse_intermixed_args(argv)
+    cfg = config_from_args(args, None)
     llm = cfg.tse.llm
     if args.model:
         llm.model = args.model
     n = int(args.num_sentences if args.num_sentences is not None else llm.num_sentences)
-    if n < 1:
-        raise LLMToolError(f"-n/--num-sentences must be at least 1, got {n}")
-    classes = read_classes(args, cfg)
-    prefix_template = str(cfg.tse.prefix_template)
-    base_url = args.base_url or llm.base_url or None
-    api_key = os.environ.get(API_KEY_ENV)
-    if not api_key and base_url is None:
-        raise LLMToolError(f"the environment variable {API_KEY_ENV} is not set; export your API key "
-                           f"(it is never read from a flag or a file), or give --base-url for a local server")
-    if not api_key:
-        api_key = LOCAL_KEY_PLACEHOLDER
-        log.info("%s is not set: sending the placeholder key %r to %s (a local server needs none)", API_KEY_ENV,
-                 api_key, base_url)
-    client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=float(llm.timeout))
-
-    out = Path(args.out)
-    kb = load_existing(out, classes)
-    todo = [c for c in classes if c not in kb]
-    log.info("%d classes, %d already in %s, asking %s at %s for %d", len(classes), len(classes) - len(todo), out,
-             llm.model, client.base_url, len(todo))
+    classes = read_class_names(args.classes_file, cfg, args.config)
+    client = make_client(llm, args.base_url)
     start = time.time()
-    with tqdm(total=len(classes), initial=len(classes) - len(todo), desc="classes", unit="class") as bar:
-        for name in todo:
-            prefix = prefix_template.format(name)
-            others = [c for c in classes if c != name]
-            attrs = ask_class(client, llm, name, others, n, prefix, sleep=sleep)
-            kb[name] = [prefix + a for a in attrs]
-            ordered = {c: kb[c] for c in classes if c in kb}
-            ordered.update({k: v for k, v in kb.items() if k not in ordered})
-            atomic_write_json(out, ordered)
-            kb = ordered
-            bar.update(1)
-    print(f"knowledge base with {len(classes)} classes x {n} sentences written to {out} "
-          f"({len(todo)} asked, {time.time() - start:.1f}s)")
+    kb = write_knowledge_base(client, llm, classes, n, str(cfg.tse.prefix_template), args.out, sleep=sleep)
+    print(f"knowledge base with {len(classes)} classes x {n} sentences written to {args.out} "
+          f"({time.time() - start:.1f}s)")
     return kb
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        main()
-    except LLMToolError as error:
-        sys.exit(f"error: {error}")
+    sys.exit(run_cli(main, sys.argv[1:]))

@@ -3,7 +3,7 @@
     python tools/infer_lam.py data.root=/data/VOC2012 infer.split=train
     python tools/infer_lam.py --config configs/coco.yaml data.root=/data/COCO infer.split=val_part
     torchrun --nproc_per_node=2 tools/infer_lam.py infer.checkpoint=work_dirs/voc/checkpoints/iter_0030000.pth
-    bash infer_lam.sh tools/infer_lam.py 0 1 train "" infer.crf=true infer.save_overlays=true
+    bash infer_lam.sh 0 1 train "" infer.crf=true infer.save_overlays=true
 
 With infer.checkpoint, the model, its classes and the other settings come from the config stored in the checkpoint;
 --config files and key=value arguments override it.

@@ -6,7 +6,7 @@ upsampled to the label size for scoring. The CRF is scored on the fly (no seg_pr
 infer.save_overlays=true asks for overlays).
     python tools/infer_seg_coco.py data.root=/data/COCO infer.checkpoint=work_dirs/coco/checkpoints/iter_0100000.pth
     torchrun --nproc_per_node=4 tools/infer_seg_coco.py data.root=... infer.checkpoint=... infer.crf=true
-    bash infer_seg_coco.sh tools/infer_seg_coco.py 0,1 2 val /path/to/checkpoint.pth data.root=...
+    bash infer_seg_coco.sh 0,1 2 val /path/to/checkpoint.pth data.root=...
 The model, its classes and the other settings come from the config stored in the checkpoint; --config files and
 key=value arguments override it. The split scored is infer.split (default val; configs/coco.yaml scores data.val_split=val_part during training).
 <output_dir>/report.html shows the per-class table, the confusion heat map and the images, worst first.

@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from excel.engine.cli import run_cli  # noqa: E402
+from excel.errors import UsageError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed of the scenes")
     parser.add_argument("--coco", action="store_true", help="COCO 2014 layout with the 80 COCO classes")
     args = parser.parse_args(argv)
+    if min(args.num_train, args.num_val, args.num_test) < 0:
+        raise UsageError(f"image counts must be >= 0, got --num-train {args.num_train} --num-val {args.num_val} "
+                         f"--num-test {args.num_test}")
+    if Path(args.root).exists() and not Path(args.root).is_dir():
+        raise UsageError(f"--root {args.root}: exists and is not a folder")
     if args.coco:
         root = make_synthetic_coco(args.root, num_train=args.num_train, num_val=args.num_val, size=WORLD_SIZE,
                                    seed=args.seed, progress=True)
@@ -38,4 +44,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(main, sys.argv[1:]))

@@ -6,28 +6,23 @@ Training-free, open vocabulary (LAM + pseudo labels of algorithm.md §9.4, no tr
     python tools/predict.py "photos/*.jpg" --out preds --classes "cat,dog,sofa"
     python tools/predict.py img.jpg --out preds --classes-file my_classes.yaml --knowledge-base my_kb.json
 A class YAML is a list of names or a mapping with class_names (and optionally prompt_names, background_names).
-With --knowledge-base (JSON {class: [sentences]}) the TSE cluster bank is built on the fly and cached; without it
-the text bank holds the plain prompts. Which classes are "present" in an image: --labels cls (default) keeps those
-whose CLIP zero-shot probability over the given classes is >= --cls-threshold (the top class always);
---labels all marks every given class present. Trailing key=value arguments override config keys
-(e.g. run.device=cpu infer.scales=[1.0]). Outputs: <out>/labels/*.png, <out>/overlays/*.png, classes.json,
-predictions.json, report.html (open it in a browser).
+--knowledge-base (JSON {class: [sentences]}) builds and caches a TSE cluster bank; without it the text bank holds the
+plain prompts. --labels cls (default) marks a class present when its zero-shot probability is >= --cls-threshold (the
+top class always), --labels all every class. key=value arguments override config keys (run.device=cpu). Writes
+<out>/labels/*.png, <out>/overlays/*.png, classes.json, predictions.json, report.html.
 """
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from excel.config import resolve_device
-from excel.engine.cli import add_base_reset_flag, run_cli
+from excel.engine.cli import add_config_flags, run_cli, split_overrides
 from excel.engine.predict import (Predictor, collect_images, parse_class_list, predict_config, predict_images,
                                   read_class_file)
 from excel.utils.logging import setup_logging
-
-_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -39,26 +34,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--classes", default=None, help='comma-separated class names, e.g. "cat,dog" (training-free)')
     parser.add_argument("--classes-file", default=None, help="YAML with the class names (training-free)")
     parser.add_argument("--knowledge-base", default=None, help="JSON {class: [sentences]} for TSE (training-free)")
-    parser.add_argument("--labels", choices=("cls", "all"), default="cls",
-                        help="training-free label vector: CLS-score threshold (default) or every class present")
-    parser.add_argument("--cls-threshold", type=float, default=0.1,
-                        help="zero-shot probability a class needs to be present with --labels cls (default 0.1)")
+    parser.add_argument("--labels", choices=("cls", "all"), default="cls", help="training-free: present classes")
+    parser.add_argument("--cls-threshold", type=float, default=0.1, help="for --labels cls (default 0.1)")
     parser.add_argument("--crf", action="store_true", help="dense CRF on the trained model's prediction")
-    parser.add_argument("--config", action="append", default=[], metavar="FILE",
-                        help="experiment YAML merged on top (repeatable)")
-    add_base_reset_flag(parser)
+    add_config_flags(parser)
     args = parser.parse_intermixed_args(argv)
-    overrides = [a for a in args.inputs if _OVERRIDE.match(a)]
-    inputs = [a for a in args.inputs if not _OVERRIDE.match(a)]
-    if not inputs:
-        parser.error("no input images given")
-    if args.classes and args.classes_file:
-        parser.error("give --classes or --classes-file, not both")
-    vocabulary = None
-    if args.classes:
-        vocabulary = {"class_names": parse_class_list(args.classes)}
-    elif args.classes_file:
-        vocabulary = read_class_file(args.classes_file)
+    inputs, overrides = split_overrides(args.inputs)
+    if not inputs or (args.classes and args.classes_file):
+        parser.error("no input images given" if not inputs else "give --classes or --classes-file, not both")
+    vocabulary = ({"class_names": parse_class_list(args.classes)} if args.classes
+                  else read_class_file(args.classes_file) if args.classes_file else None)
     collect_images(inputs)  # the inputs are checked before any weights are read
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"--checkpoint {args.checkpoint}: file not found")

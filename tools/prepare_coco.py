@@ -11,9 +11,11 @@ how many were dropped, and --keep-empty keeps them. Exit code 0 when all is well
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Sequence
 
 from excel.data.prepare import add_common_arguments, prepare_coco, run_and_report
+from excel.engine.cli import run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,4 +34,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_cli(main, sys.argv[1:]))

@@ -14,9 +14,11 @@ folder is missing.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Sequence
 
 from excel.data.prepare import add_common_arguments, prepare_voc, run_and_report
+from excel.engine.cli import run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,4 +38,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_cli(main, sys.argv[1:]))

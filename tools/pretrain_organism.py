@@ -20,6 +20,9 @@ from excel.engine.cli import run_cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from excel.errors import UsageError
     from excel.organism.pretrain import PretrainConfig, pretrain
     from excel.organism.weights import SHIPPED
 
@@ -32,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         if key != "model":
             parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        raise UsageError(f"--device {args.device}: not a device name (cpu, cuda or cuda:N)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
     cfg = PretrainConfig(**{k: getattr(args, k) for k in vars(defaults) if k != "model"})
     voc_background = ("ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea",
                       "railway", "railroad", "keyboard", "helmet", "cloud", "house", "mountain", "ocean", "road",
@@ -44,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(main, sys.argv[1:]))

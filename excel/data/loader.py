@@ -1,16 +1,12 @@
-"""Dataset and DataLoader builders (algorithm.md §8.3, quirk 17)."""
+"""Datasets from the config, and the evaluation sampler that shards a split over the processes."""
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-import torch
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from excel.data.coco import COCODataset
 from excel.data.transforms import AugmentConfig
@@ -62,13 +58,6 @@ def build_dataset(cfg: DictConfig, split: str | None = None, stage: str = "train
     return dataset
 
 
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed numpy and python ``random`` from the worker's torch seed."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
 class ShardSampler(Sampler[int]):
     """Rank r of w gets indices r, r + w, ... in order: no padding, so every item is scored exactly once."""
 
@@ -80,35 +69,3 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(self.rank, self.n, self.world))
-
-
-def build_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, distributed: bool | None = None,
-                 num_workers: int = 0, drop_last: bool = True, seed: int = 0, max_iter: int | None = None,
-                 pin_memory: bool = False) -> DataLoader:
-    """A DataLoader for training (``shuffle``) or evaluation.
-
-    Shuffling uses a :class:`DistributedSampler` (seed ``seed``) whose ``set_epoch`` is called once with
-    ``RandomState(seed).randint(max_iter)`` (0 when ``max_iter`` is None): every pass uses the same permutation
-    (quirk 17). Without a process group it is a one-replica sampler, i.e. what a one-GPU torchrun of the reference
-    does. Evaluation (``shuffle=False``) shards indices across ranks without padding (:class:`ShardSampler`).
-
-    Args:
-        distributed: None = whether torch.distributed is initialised.
-    """
-    is_init = dist.is_available() and dist.is_initialized()
-    if distributed is None:
-        distributed = is_init
-    if distributed and not is_init:
-        raise RuntimeError("build_loader(distributed=True) needs an initialised torch.distributed process group")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    sampler: Sampler[int] | None
-    if shuffle:
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-        epoch = int(np.random.RandomState(seed).randint(max_iter)) if max_iter else 0
-        sampler.set_epoch(epoch)
-    else:
-        sampler = ShardSampler(dataset, rank, world) if distributed else None
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
-                      drop_last=drop_last, worker_init_fn=seed_worker, generator=generator, pin_memory=pin_memory)

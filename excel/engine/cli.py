@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from omegaconf import DictConfig
 
@@ -17,18 +18,32 @@ def config_parser(description: str, default_config: str | None) -> argparse.Argu
     """A parser with ``--config FILE`` (repeatable, merged after the default) and trailing ``key=value`` overrides."""
     parser = argparse.ArgumentParser(description=description,
                                      epilog="Trailing key=value arguments override config keys (see configs/base.yaml).")
-    default_note = f" (merged on top of configs/{default_config})" if default_config else ""
-    parser.add_argument("--config", action="append", default=[], metavar="FILE",
-                        help=f"experiment YAML{default_note}; may be given several times")
-    add_base_reset_flag(parser)
+    add_config_flags(parser, default_config)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
+
+
+def add_config_flags(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
+    """``--config FILE`` (repeatable: the layers, merged in order) and ``--allow-base-reset``."""
+    default_note = f" (merged on top of configs/{default_config})" if default_config else ""
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help=f"experiment YAML or shipped config name{default_note}; may be given several times")
+    add_base_reset_flag(parser)
 
 
 def add_base_reset_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-base-reset", action="store_true",
                         help="accept a --config file whose _base_ chain changes keys an earlier --config file set "
                              "(by default that stops the run)")
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def split_overrides(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Positional arguments split into (the others, the ``key=value`` config overrides), each in order."""
+    overrides = [a for a in items if _OVERRIDE.match(a)]
+    return [a for a in items if not _OVERRIDE.match(a)], overrides
 
 
 def config_from_args(args: argparse.Namespace, default_config: str | None,
@@ -82,18 +97,22 @@ def parse_config(argv: Sequence[str] | None, description: str, default_config: s
     return config_from_args(args, default_config, follow_checkpoint)
 
 
-def run_cli(main, argv: Sequence[str] | None = None) -> int:
-    """Call ``main(argv)``; print an :class:`~excel.errors.ExcelError` (or a missing file) as one line, exit 2."""
+def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """Call ``main(argv)`` and return the exit status for ``sys.exit``: an ``int`` that ``main`` returns (a tool
+    with a status of its own, such as 1 for a report with problems), else 0. Bad input, an
+    :class:`~excel.errors.ExcelError` or a missing file, is printed as one ``error:`` line with status 2, no
+    traceback; anything else is a bug and keeps its traceback.
+    """
     import sys
 
     from excel.errors import ExcelError, user_message
 
     try:
-        main(argv)
+        result = main(argv)
     except (ExcelError, FileNotFoundError) as err:
         print(f"error: {user_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished work is on disk and a rerun continues from it", file=sys.stderr)
         return 130
-    return 0
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -14,9 +14,7 @@ from typing import Any, Iterable
 
 import torch
 
-__all__ = ["poly_warmup_lr", "PolyWarmupAdamW", "REFERENCE_LOGGED_LR_FACTOR"]
-
-REFERENCE_LOGGED_LR_FACTOR = 0.1  # the reference logs group 0 (base 1e-4) while training group 3 (base 1e-3)
+__all__ = ["poly_warmup_lr", "PolyWarmupAdamW"]
 
 
 def poly_warmup_lr(step: int, base_lr: float, warmup_iters: int, warmup_ratio: float, max_iters: int,
@@ -65,10 +63,6 @@ class PolyWarmupAdamW(torch.optim.AdamW):
     def current_lr(self) -> float:
         """The first group's lr (the one the next ``step()`` uses)."""
         return self.param_groups[0]["lr"]
-
-    def reference_logged_lr(self) -> float:
-        """The value the reference code prints as "lr" for the current step (quirk 14: a tenth of the real lr)."""
-        return REFERENCE_LOGGED_LR_FACTOR * self.current_lr
 
     def step(self, closure=None):  # type: ignore[override]
         """Set the lr of ``global_step``, do the AdamW update, advance the counter."""

@@ -55,10 +55,6 @@ class ConfusionMatrix:
         if device is not None:
             self.mat = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
 
-    def reset(self) -> None:
-        if self.mat is not None:
-            self.mat.zero_()
-
     def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
         """Add the pixels of one prediction (any shape, e.g. (B, H, W)) and its ground truth (same shape)."""
         counts = confusion_matrix(pred, gt, self.num_classes)

@@ -30,6 +30,7 @@ from torch import Tensor
 from excel.errors import ExcelError
 from excel.text.knowledge import load_knowledge_base
 from excel.utils.io import atomic_torch_save
+from excel.utils.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +184,8 @@ def build_cluster_bank(clip_model: torch.nn.Module, tokenizer: Callable[[list[st
 # ---------------------------------------------------------------------------------------------- config glue
 
 def resolve_path(path: str | os.PathLike) -> Path:
-    """A relative path is taken from the working directory if it exists there, else from the repository root."""
-    from excel.config import REPO_ROOT
-
+    """A relative path is taken from the working directory if it exists there, else from the folder above the
+    package (the repository root; site-packages once installed, so ``excel/knowledge/...`` finds the shipped files)."""
     p = Path(path).expanduser()
     if p.is_absolute() or p.exists():
         return p
@@ -339,3 +339,22 @@ def get_cluster_bank(cfg: Any, clip_model: torch.nn.Module, tokenizer: Any, prog
     """The TSE centres (D, J) float32 on CPU for this config, or None when TSE is off (see prepare_cluster_bank)."""
     bank = prepare_cluster_bank(cfg, clip_model, tokenizer, progress=progress)
     return None if bank is None else bank.centers
+
+
+def describe_bank(bank: ClusterBank, class_names: Sequence[str]) -> list[str]:
+    """Report lines on a bank: clusters per class, how many clusters several classes share, and a warning line for
+    each group of classes whose cluster sets coincide (TSE cannot tell those apart; also logged)."""
+    flags = bank.flags > 0  # (C_fg, J)
+    names = list(class_names) if len(class_names) == flags.shape[0] else [f"class {i}" for i in range(flags.shape[0])]
+    width = max(len(n) for n in names)
+    shared = int((flags.sum(dim=0) > 1).sum())
+    lines = [f"clusters per class (J={bank.centers.shape[1]}, D={bank.centers.shape[0]}, {shared} clusters shared by "
+             f"several classes):"]
+    lines += [f"  {n:<{width}}  {c:4d}" for n, c in zip(names, flags.sum(dim=1).tolist())]
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for n, row in zip(names, flags.tolist()):
+        groups.setdefault(tuple(j for j, f in enumerate(row) if f), []).append(n)
+    for group in (g for g in groups.values() if len(g) > 1):
+        log.warning("classes %s fall in exactly the same clusters; TSE cannot tell them apart", group)
+        lines.append(f"WARNING: classes {group} have identical cluster sets")
+    return lines

@@ -35,7 +35,6 @@ from excel.errors import ExcelError
 log = logging.getLogger(__name__)
 
 CONTEXT_LENGTH = 77  # CLIP text context, start and end tokens included
-DEFAULT_PREFIX = "a clean origami {}. "
 
 
 class KnowledgeBaseError(ExcelError, ValueError):
@@ -187,38 +186,3 @@ def load_knowledge_base(path: str | os.PathLike, class_names: Sequence[str],
     validate_sentences(knowledge, source=str(path), tokenizer=tokenizer)
     check_sentence_counts(knowledge, int(min_sentences), source=str(path))
     return knowledge
-
-
-def _strip_llm_line(line: str) -> str:
-    s = line.strip()
-    if s.endswith('",'):
-        s = s[:-2]
-    elif s.endswith(","):
-        s = s[:-1]
-    return s.strip().strip('"').strip()
-
-
-def convert_llm_text(text: str, class_names: Sequence[str], prefix_template: str = DEFAULT_PREFIX,
-                     per_class: int = 20, skip_before: int = 2, skip_after: int = 2) -> dict[str, list[str]]:
-    """Convert the authors' raw LLM text layout into a knowledge base (algorithm.md §3.1).
-
-    For each class in order the text holds ``skip_before`` header lines, ``per_class`` description lines
-    (each possibly quoted and ending in ``",``) and ``skip_after`` trailer lines. Each description becomes
-    ``prefix_template.format(class) + description``.
-    """
-    lines = text.splitlines()
-    block = skip_before + per_class + skip_after
-    need = block * len(class_names) - skip_after
-    if len(lines) < need:
-        raise KnowledgeBaseError(f"LLM text has {len(lines)} lines; {len(class_names)} classes in blocks of "
-                                 f"{skip_before}+{per_class}+{skip_after} lines need at least {need}")
-    out: dict[str, list[str]] = {}
-    for i, name in enumerate(class_names):
-        start = i * block + skip_before
-        descs = [_strip_llm_line(line) for line in lines[start:start + per_class]]
-        empty = [j for j, d in enumerate(descs) if not d]
-        if empty:
-            raise KnowledgeBaseError(f"LLM text: class '{name}' has empty description lines at block offsets {empty} "
-                                     f"(lines {[start + j + 1 for j in empty]}); is the block layout right?")
-        out[name] = [prefix_template.format(name) + d for d in descs]
-    return out

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from excel.config import REPO_ROOT
+from excel.utils.paths import REPO_ROOT
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -39,7 +39,10 @@ def setup_logging(log_file: str | Path | None = None, rank: int = 0, level: int 
 
 
 def git_revision() -> str:
-    """The repository's HEAD commit (with ``-dirty`` when the tree has changes), or ``unknown``."""
+    """The repository's HEAD commit (with ``-dirty`` when the tree has changes), or ``unknown`` (also for an
+    installed package, which has no repository)."""
+    if not (REPO_ROOT / ".git").exists():
+        return "unknown"
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                              timeout=5, check=True).stdout.strip()

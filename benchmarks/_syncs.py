@@ -1,8 +1,8 @@
 """Count the calls that make the host wait for a GPU, on any device (the CPU included).
 
 Each of these blocks the Python thread until the device has caught up when the tensor lives on a GPU: reading a
-value (item, tolist, bool/int/float of a tensor, numpy), copying to the host (cpu), data-dependent shapes
-(nonzero, unique, masked_select, boolean indexing), and building a tensor from a Python list onto a device
+value (item, tolist, bool/int/float of a tensor, numpy, torch.equal), copying to the host (cpu), data-dependent
+shapes (nonzero, unique, masked_select, boolean indexing), and building a tensor from a Python list onto a device
 (torch.tensor(..., device=...)). A TorchFunctionMode sees every such call made outside torch's own modules, so the
 count is the same on a CPU-only machine as on a GPU (CUDA's own ``torch.cuda.set_sync_debug_mode`` needs a GPU).
 """
@@ -16,7 +16,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 SYNCING = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy", "cpu", "nonzero", "unique",
-           "unique_consecutive", "masked_select", "argwhere", "nonzero_static", "repeat_interleave"}
+           "unique_consecutive", "masked_select", "argwhere", "nonzero_static", "repeat_interleave", "equal",
+           "allclose", "is_nonzero"}
 
 
 class SyncCounter(TorchFunctionMode):

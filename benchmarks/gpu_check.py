@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if "tests" not in skip:
         stages.run("tests", [py, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/test_device.py"]
                    if not smoke else [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_dist.py"],
-                   limit_s=240)
+                   limit_s=200)
     figures: dict[str, Any] = {}
     for amp in ("none", "bf16"):
         name = "bench_fp32" if amp == "none" else "bench_bf16"

@@ -52,19 +52,20 @@ class Stages:
         self.out, self.env = out, env
         self.results: dict[str, dict[str, Any]] = {}
 
-    def run(self, name: str, cmd: list[str], limit_s: int) -> bool:
+    def run(self, name: str, cmd: list[str], limit_s: int, env: dict[str, str] | None = None) -> bool:
         log = self.out / f"{name}.log"
         print(f"[gpu_check] {name}: {' '.join(cmd)}", flush=True)
         t0 = time.perf_counter()
         with open(log, "w", encoding="utf-8") as fh:
             try:
-                rc = subprocess.run(cmd, cwd=REPO, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+                rc = subprocess.run(cmd, cwd=REPO, env={**self.env, **(env or {})}, stdout=fh, stderr=subprocess.STDOUT,
                                     timeout=limit_s).returncode
             except subprocess.TimeoutExpired:
                 rc = "timeout"
         seconds = time.perf_counter() - t0
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
-        self.results[name] = {"rc": rc, "seconds": round(seconds, 1), "log": log.name}
+        self.results[name] = {"rc": rc, "seconds": round(seconds, 1), "log": log.name,
+                              "summary": next((line for line in reversed(tail) if " passed" in line), None)}
         ok = rc == 0
         print(f"[gpu_check] {name}: {'ok' if ok else f'FAILED ({rc})'} in {seconds:.0f} s", flush=True)
         if not ok:
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if "tests" not in skip:
         stages.run("tests", [py, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/test_device.py"]
                    if not smoke else [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_dist.py"],
-                   limit_s=200)
+                   limit_s=200, env={"EXCEL_TEST_DEVICE": device})
     figures: dict[str, Any] = {}
     for amp in ("none", "bf16"):
         name = "bench_fp32" if amp == "none" else "bench_bf16"
@@ -216,7 +217,8 @@ def markdown(r: dict[str, Any]) -> str:
     num = lambda v, fmt="{:.3f}": "n/a" if v is None else fmt.format(v)  # noqa: E731
     lines = [f"GPU check on **{r['device']}** (torch {r['torch']}, CUDA {r['cuda']}), {r['total_seconds']:.0f} s",
              "", "| stage | result | seconds |", "|---|---|---:|"]
-    lines += [f"| {k} | {'ok' if v['rc'] == 0 else 'FAILED: ' + str(v['rc'])} | {v['seconds']:.0f} |"
+    lines += [f"| {k} | {'ok' if v['rc'] == 0 else 'FAILED: ' + str(v['rc'])}"
+              f"{' (' + v['summary'].strip('= ') + ')' if v.get('summary') else ''} | {v['seconds']:.0f} |"
               for k, v in r["stages"].items()]
     lines += ["", "| figure | fp32 | bf16 |", "|---|---:|---:|"]
     b32, b16 = f.get("bench_fp32", {}), f.get("bench_bf16", {})

@@ -20,12 +20,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from excel.cam import build_par, make_pseudo_labels, pseudo_label_kwargs, pseudo_label_scores
+from excel.config import output_dir_of
 from excel.data import build_dataset
 from excel.data.palette import overlay, voc_palette, with_legend
 from excel.data.transforms import to_uint8_rgb
 from excel.engine import dist
 from excel.engine.inference import load_trained_model
-from excel.engine.train import work_dir_of
 from excel.engine.validate import eval_loader, resize_square
 from excel.errors import UsageError
 from excel.evaluation import ConfusionMatrix, CRFPool
@@ -215,7 +215,7 @@ def _infer_lam(cfg: DictConfig) -> dict[str, Any]:
         raise UsageError("infer.split=test has no image-level labels: pseudo labels need them (use train or val)")
     if int(cfg.infer.batch_size) < 1:
         raise UsageError(f"infer.batch_size={cfg.infer.batch_size}: expected a positive number of images")
-    out_dir = Path(cfg.infer.output_dir) if cfg.infer.output_dir else work_dir_of(cfg) / f"infer_lam_{split}"
+    out_dir = output_dir_of(cfg, "infer_lam")
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
@@ -231,7 +231,7 @@ def _infer_lam(cfg: DictConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     pending: list[dict[str, Any]] = []
     try:
-        for item in tqdm(eval_loader(dataset, cfg, cfg.eval.max_images), desc=f"infer_lam {split}",
+        for item in tqdm(eval_loader(dataset, cfg, cfg.infer.max_images), desc=f"infer_lam {split}",
                          disable=rank != 0, dynamic_ncols=True):
             if run.score_existing(item):
                 continue
@@ -250,7 +250,7 @@ def _infer_lam(cfg: DictConfig) -> dict[str, Any]:
     result = run.cm.compute()
     summary: dict[str, Any] = {"split": split, "mode": "checkpoint" if checkpoint else "training-free",
                                "miou": float(result["miou"]), "miou_plain": float(result["miou_plain"]),
-                               "num_images": min(len(dataset), cfg.eval.max_images or len(dataset)),
+                               "num_images": min(len(dataset), cfg.infer.max_images or len(dataset)),
                                "skipped_existing": run.skipped, "seconds": elapsed}
     report = run.write_report(summary)
     if report is not None:

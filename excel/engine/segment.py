@@ -28,13 +28,12 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from excel.errors import UsageError
-from excel.config import save_config
+from excel.config import output_dir_of, save_config
 from excel.data import build_dataset, voc_palette
 from excel.data.transforms import to_uint8_rgb
 from excel.engine import dist
 from excel.engine.inference import load_trained_model, logit_size, multiscale_logits, upsample_logits
 from excel.engine.predict import save_overlay
-from excel.engine.train import work_dir_of
 from excel.engine.validate import eval_loader
 from excel.evaluation import ConfusionMatrix, CRFPool, crf_params
 from excel.evaluation.report import Gallery
@@ -44,17 +43,10 @@ from excel.utils.tensors import set_tf32
 
 log = logging.getLogger(__name__)
 
-__all__ = ["segment", "output_dir_of", "test_png_path", "TEST_LAYOUT", "to_uint8_rgb"]
+__all__ = ["segment", "test_png_path", "TEST_LAYOUT"]
 
 TEST_LAYOUT = Path("results") / "VOC2012" / "Segmentation" / "comp6_test_cls"
 PRED_TITLE, CRF_TITLE = "prediction", "prediction + CRF"
-
-
-def output_dir_of(cfg: DictConfig, tool: str) -> Path:
-    """``infer.output_dir``, or ``<work_dir>/<tool>_<infer.split>`` when it is null."""
-    if cfg.infer.output_dir:
-        return Path(cfg.infer.output_dir)
-    return work_dir_of(cfg) / f"{tool}_{cfg.infer.split}"
 
 
 def test_png_path(output_dir: str | Path, name: str) -> Path:
@@ -185,7 +177,7 @@ def _segment(cfg: DictConfig, tool: str) -> dict[str, Any]:
     dataset = build_dataset(cfg, split, stage="test" if test else "val")
     model = load_trained_model(cfg, cfg.infer.checkpoint, device, mode=split)
     # rank 0 lists the finished PNGs and every rank shards its list: ranks never disagree on what is left
-    pending = dist.broadcast_object(_pending_indices(dataset, output_dir, test, cfg.eval.max_images)
+    pending = dist.broadcast_object(_pending_indices(dataset, output_dir, test, cfg.infer.max_images)
                                     if rank == 0 else None)
     if test and rank == 0:
         log.info("test split: %d of %d images to predict (existing PNGs are kept)", len(pending), len(dataset))

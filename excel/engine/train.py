@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from excel.cam import build_par, make_pseudo_labels, pseudo_label_kwargs
-from excel.config import save_config
+from excel.config import save_config, work_dir_of
 from excel.data import build_dataset
 from excel.data.voc import DatasetError, check_dataset
 from excel.engine import dist
@@ -51,12 +51,6 @@ class StepResult:
     aff_loss: float
     lr: float
     lvc: bool
-
-
-def work_dir_of(cfg: DictConfig) -> Path:
-    """The run folder: ``run.work_dir`` with ``_<run.log_tag>`` appended when a tag is given."""
-    base = str(cfg.run.work_dir)
-    return Path(f"{base}_{cfg.run.log_tag}" if cfg.run.log_tag else base)
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:

@@ -51,7 +51,7 @@ def validate(model, dataset: Dataset, cfg: DictConfig, device: torch.device, par
     threshold = cfg.eval.box_threshold if box_threshold is None else box_threshold
     was_training = model.training
     model.eval()
-    loader = eval_loader(dataset, cfg, cfg.eval.max_images)
+    loader = eval_loader(dataset, cfg)
     for batch in tqdm(loader, desc="validate", disable=dist.get_rank() != 0, leave=False, dynamic_ncols=True):
         image = batch["image"].to(device)
         label = batch["label"].to(device)

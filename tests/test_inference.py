@@ -18,9 +18,9 @@ from PIL import Image
 from _collectives import checked_calls, checked_env
 from excel.config import load_config
 from excel.data import voc_palette
-from excel.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from excel.engine.inference import (build_seeded_model, load_model_weights, load_trained_model, logit_size,
-                                    multiscale_logits)
+from excel.engine.checkpoint import (CheckpointError, build_seeded_model, load_checkpoint, load_model_weights,
+                                     load_trained_model, save_checkpoint)
+from excel.engine.inference import logit_size, multiscale_logits
 from excel.evaluation import dense_crf
 
 REPO = Path(__file__).resolve().parent.parent

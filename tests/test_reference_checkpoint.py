@@ -23,9 +23,8 @@ from torch import nn
 from excel.backbone import CalibratedVisual, load_clip
 from excel.backbone.svc import interpolate_pos_embed
 from excel.config import load_config
-from excel.engine.checkpoint import CheckpointError, load_checkpoint
-from excel.engine.inference import build_seeded_model, load_trained_model
-from excel.engine.reference_checkpoint import convert_reference_state, is_reference_state, reference_key_map
+from excel.engine.checkpoint import (CheckpointError, build_seeded_model, convert_reference_state, is_reference_state,
+                                     load_checkpoint, load_trained_model, reference_key_map)
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "test_tiny.yaml"

@@ -27,8 +27,7 @@ from excel.data import build_dataset
 from excel.data.voc import DatasetError, check_dataset
 from excel.engine import dist
 from excel.engine.checkpoint import (CheckpointError, check_compatible, latest_checkpoint, load_checkpoint,
-                                     restore_rng_states, save_checkpoint)
-from excel.engine.inference import load_model_weights
+                                     load_model_weights, restore_rng_states, save_checkpoint)
 from excel.engine.optim import PolyWarmupAdamW
 from excel.engine.sampler import InfiniteSampler, SeededItems
 from excel.engine.validate import validate, visual_samples
@@ -225,6 +224,8 @@ class Trainer:
         cfg = self.cfg
         log.info("work dir %s, device %s, %d process(es), git %s", self.work_dir, self.device, self.world_size,
                  git_revision())
+        batch = int(cfg.train.batch_size)
+        log.info("batch %d per process x %d processes = %d", batch, self.world_size, batch * self.world_size)
         log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
         log.info("switches: TSE %s, SVC %s, LVC %s (from iter %s), attn_pred selection from iter %s, "
                  "seg loss weight %s, affinity loss weight %s, amp %s",

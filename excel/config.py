@@ -47,6 +47,11 @@ BASE_CONFIG = CONFIG_DIR / "base.yaml"
 Layer = Union[str, os.PathLike, Mapping, DictConfig]
 
 
+# Keys that were renamed: using the old name is an error that names the new one (a config stored in an older
+# checkpoint is upgraded instead, see :func:`upgrade_stored_config`).
+RENAMED_KEYS = {"data.val_split": "eval.split", "eval.max_images": "infer.max_images"}
+
+
 class ConfigError(ExcelError, ValueError):
     """A config file, key or value is not what the project expects."""
 
@@ -215,9 +220,45 @@ def _merge_strict(base: DictConfig, other: DictConfig, source: str) -> DictConfi
         return OmegaConf.merge(base, other)  # type: ignore[return-value]
     except (ConfigKeyError, ConfigAttributeError) as err:
         key = getattr(err, "full_key", None) or str(err)
-        raise ConfigError(f"unknown config key '{key}' in {source}; every key must be defined in {BASE_CONFIG.name}") from err
+        raise ConfigError(_unknown_key(key, source)) from err
     except OmegaConfBaseException as err:
         raise ConfigError(f"bad value in {source}: {err}") from err
+
+
+def _unknown_key(key: str, source: str) -> str:
+    """The message for a key that base.yaml does not define, naming the new key when it was renamed."""
+    if key in RENAMED_KEYS:
+        return f"config key '{key}' in {source} was renamed: use '{RENAMED_KEYS[key]}'"
+    return f"unknown config key '{key}' in {source}; every key must be defined in {BASE_CONFIG.name}"
+
+
+def upgrade_stored_config(stored: Mapping) -> dict:
+    """A plain copy of a config stored by an earlier version (a checkpoint's), its renamed keys under their new
+    names; a new key the stored config already holds keeps its value."""
+    data = OmegaConf.to_container(OmegaConf.create(dict(stored)), resolve=False)
+    for old, new in RENAMED_KEYS.items():
+        old_section, old_key = old.rsplit(".", 1)
+        section = data.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        value = section.pop(old_key)
+        new_section, new_key = new.rsplit(".", 1)
+        data.setdefault(new_section, {}).setdefault(new_key, value)
+    return data
+
+
+def work_dir_of(cfg: DictConfig) -> Path:
+    """The run folder: ``run.work_dir`` with ``_<run.log_tag>`` appended when a tag is given."""
+    base = str(cfg.run.work_dir)
+    return Path(f"{base}_{cfg.run.log_tag}" if cfg.run.log_tag else base)
+
+
+def output_dir_of(cfg: DictConfig, tool: str) -> Path:
+    """Where an inference tool writes: ``infer.output_dir``, or ``<work_dir>/<tool>_<infer.split>`` when it is
+    null."""
+    if cfg.infer.output_dir:
+        return Path(cfg.infer.output_dir)
+    return work_dir_of(cfg) / f"{tool}_{cfg.infer.split}"
 
 
 def _as_layers(layers: object) -> list:
@@ -279,8 +320,7 @@ def load_config(path: Layer | Sequence[Layer] | None = None,
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key = item.split("=", 1)[0].strip()
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not _key_exists(cfg, key):
-            raise ConfigError(f"unknown config key '{key}' in command-line override '{item}'; "
-                              f"every key must be defined in {BASE_CONFIG.name}")
+            raise ConfigError(_unknown_key(key, f"command-line override '{item}'"))
     if overrides:
         try:
             cfg = _merge_strict(cfg, OmegaConf.from_dotlist(overrides), "command-line overrides")

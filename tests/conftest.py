@@ -76,8 +76,7 @@ def seg_checkpoint(mini_voc, tmp_path_factory):
 
     from excel.config import load_config
     from excel.data import build_dataset
-    from excel.engine.checkpoint import save_checkpoint
-    from excel.engine.inference import build_seeded_model
+    from excel.engine.checkpoint import build_seeded_model, save_checkpoint
 
     tmp = tmp_path_factory.mktemp("seg_ckpt")
     overrides = [f"data.root={mini_voc}", f"tse.cache_dir={tmp / 'banks'}", f"run.work_dir={tmp / 'work'}"]

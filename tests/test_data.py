@@ -12,10 +12,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from excel.data import (AugmentConfig, COCODataset, DatasetError, VOCDataset, build_dataset, check_dataset,
-                        colorize, denormalize, legend, make_synthetic_coco, multi_hot, overlay, voc_palette,
-                        with_legend)
+                        denormalize, make_synthetic_coco, multi_hot, voc_palette)
 from excel.data.loader import ShardSampler
 from excel.data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_box
+from excel.utils.palette import colorize
+from excel.utils.vis import legend, overlay, with_legend
 
 MEAN, STD = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
 

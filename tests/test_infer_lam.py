@@ -16,7 +16,7 @@ from PIL import Image
 from _collectives import checked_calls, checked_env
 from excel.config import load_config
 from excel.engine.infer_lam import lam_inputs
-from excel.engine.inference import load_trained_model
+from excel.engine.checkpoint import load_trained_model
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "configs" / "test_tiny.yaml")
@@ -128,7 +128,7 @@ def _reference_image(model, item: dict, cfg, with_checkpoint: bool) -> tuple[np.
     labels from the scores after PAR, which is what the CRF must *not* read)."""
     from excel.cam import PAR, build_par, pseudo_label_kwargs, pseudo_label_scores
     from excel.data.transforms import to_uint8_rgb
-    from excel.engine.validate import resize_square
+    from excel.engine.inference import resize_square
     from excel.evaluation import crf_params, dense_crf
 
     x = resize_square(item["image"][None], int(cfg.model.input_size))

@@ -18,9 +18,9 @@ from PIL import Image
 from _collectives import checked_calls, checked_env
 from excel.config import load_config
 from excel.data import voc_palette
-from excel.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from excel.engine.inference import (build_seeded_model, load_model_weights, load_trained_model, logit_size,
-                                    multiscale_logits)
+from excel.engine.checkpoint import (CheckpointError, build_seeded_model, load_checkpoint, load_model_weights,
+                                     load_trained_model, save_checkpoint)
+from excel.engine.inference import logit_size, multiscale_logits
 from excel.evaluation import dense_crf
 
 REPO = Path(__file__).resolve().parent.parent
@@ -164,7 +164,7 @@ def test_voc_val_scoring_raw_and_crf_match_reference(voc_val_run, ref_model, seg
 def test_voc_val_without_crf_and_saved_logits(seg_checkpoint, voc_val_run, tmp_path):
     result = infer_seg_voc.main(["--config", str(REPO / "configs" / "test_tiny.yaml"), *seg_checkpoint["overrides"],
                                  f"infer.checkpoint={seg_checkpoint['path']}", f"infer.output_dir={tmp_path}",
-                                 "infer.save_logits=true", "infer.save_overlays=true", "eval.max_images=2"])
+                                 "infer.save_logits=true", "infer.save_overlays=true", "infer.max_images=2"])
     assert result["scores"]["crf"] is None and result["num_images"] == 2
     logits = sorted((tmp_path / "logits").glob("*.npy"))
     assert len(logits) == 2
@@ -305,7 +305,7 @@ def test_inference_follows_the_config_stored_in_the_checkpoint(seg_checkpoint, v
     assert result["scores"]["raw"] == voc_val_run[0]["scores"]["raw"]
     # a key on the command line still overrides the stored config
     result = infer_seg_voc.main([f"infer.checkpoint={seg_checkpoint['path']}", f"infer.output_dir={out}",
-                                 "infer.scales=[1.0]", "eval.max_images=1"])
+                                 "infer.scales=[1.0]", "infer.max_images=1"])
     assert result["scales"] == [1.0] and result["num_images"] == 1
 
 

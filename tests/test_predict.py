@@ -14,10 +14,12 @@ from PIL import Image
 
 from excel.cam import PAR, make_pseudo_labels
 from excel.data import voc_palette
-from excel.engine.inference import load_trained_model, multiscale_logits
+from excel.engine.checkpoint import load_trained_model
+from excel.engine.inference import multiscale_logits
 from excel.text.knowledge import KnowledgeBaseError
-from excel.engine.predict import (Predictor, _output_names, collect_images, full_palette, parse_class_list,
-                                  predict_config, read_class_file)
+from excel.engine.predict import (Predictor, _output_names, collect_images, parse_class_list, predict_config,
+                                  read_class_file)
+from excel.utils.palette import full_palette
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))

@@ -23,9 +23,8 @@ from torch import nn
 from excel.backbone import CalibratedVisual, load_clip
 from excel.backbone.svc import interpolate_pos_embed
 from excel.config import load_config
-from excel.engine.checkpoint import CheckpointError, load_checkpoint
-from excel.engine.inference import build_seeded_model, load_trained_model
-from excel.engine.reference_checkpoint import convert_reference_state, is_reference_state, reference_key_map
+from excel.engine.checkpoint import (CheckpointError, build_seeded_model, convert_reference_state, is_reference_state,
+                                     load_checkpoint, load_trained_model, reference_key_map)
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "test_tiny.yaml"
@@ -234,7 +233,7 @@ def test_broken_reference_files_are_refused_by_name(reference_file, tmp_path):
 def test_inference_tools_read_the_reference_file(reference_file, mini_voc, tmp_path):
     """infer_seg_voc, infer_lam (checkpoint mode) and predict all take the reference's file as it is."""
     path = str(reference_file["path"])
-    common = ["--config", str(TINY), f"data.root={mini_voc}", "tse.enabled=false", "eval.max_images=2",
+    common = ["--config", str(TINY), f"data.root={mini_voc}", "tse.enabled=false", "infer.max_images=2",
               "infer.crf_workers=0"]
     seg = load_tool("infer_seg_voc").main([*common, f"infer.checkpoint={path}", f"infer.output_dir={tmp_path / 's'}"])
     assert seg["num_images"] == 2 and 0 <= seg["scores"]["raw"]["miou"] <= 1

@@ -24,9 +24,8 @@ from PIL import Image
 
 from excel.config import ConfigError, load_config
 from excel.data.voc import DatasetError
-from excel.engine.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, periodic_checkpoint_path,
-                                     save_checkpoint)
-from excel.engine.inference import build_seeded_model, load_trained_model
+from excel.engine.checkpoint import (CheckpointError, build_seeded_model, latest_checkpoint, load_checkpoint,
+                                     load_trained_model, periodic_checkpoint_path, save_checkpoint)
 from excel.errors import ExcelError, user_message
 from excel.model import build_model
 from excel.utils.io import atomic_save_png, atomic_torch_save, atomic_write_json

@@ -19,9 +19,9 @@ from PIL import Image
 
 from excel.config import load_config
 from excel.data import build_dataset
-from excel.data.palette import colorize, voc_palette
 from excel.evaluation import ConfusionMatrix
 from excel.evaluation.report import Gallery, image_miou
+from excel.utils.palette import colorize, voc_palette
 from excel.utils.vis import (CAPTION_BG, SERIES_COLOURS, fit_height, heat_overlay, label_tile, render_curves,
                              sample_grid, write_curves)
 
@@ -218,6 +218,27 @@ def test_report_table_heat_map_and_worst_first_gallery(synthetic_report):
 
 
 # ----------------------------------------------------------------------------------------------- the tools
+def test_finish_merges_the_parts_of_several_ranks(tmp_path):
+    """Each rank's gallery leaves its part and waits at the barrier it is given; rank 0 merges the parts, worst
+    first, and removes them. Run here in one process: rank 1 finishes before rank 0, as the barrier would order it."""
+    names, waits = ["background", "cat"], []
+    parts = [Gallery(tmp_path, names, max_images=10) for _ in range(2)]
+    for k in range(4):
+        gt = np.zeros((8, 8), np.int64)
+        gt[:, 4:] = 1
+        pred = gt.copy()
+        pred[:, 4:4 + k] = 0  # im3 is the worst
+        parts[k % 2].add(f"im{k}", pred, rgb=np.zeros((8, 8, 3), np.uint8), gt=gt)
+    with pytest.raises(ValueError, match="barrier"):
+        parts[1].finish("run", "summary", rank=1, world_size=2)
+    assert parts[1].finish("run", "summary", rank=1, world_size=2, barrier=lambda: waits.append(1)) is None
+    path = parts[0].finish("run", "summary", rank=0, world_size=2, barrier=lambda: waits.append(0))
+    assert waits == [1, 0] and path == tmp_path / "report.html"
+    gallery = path.read_text().split('id="gallery"')[1]
+    assert [gallery.index(f"im{k}") for k in (3, 2, 1, 0)] == sorted(gallery.index(f"im{k}") for k in range(4))
+    assert not list((tmp_path / "report_files").glob(".shard_*"))
+
+
 def test_infer_lam_report_scores_the_files_it_links(mini_voc, tmp_path):
     from infer_lam import main
 

@@ -45,7 +45,8 @@ def test_single_process_training_writes_a_complete_work_dir(mini_voc, tmp_path):
     assert ckpt["iteration"] == 6 and ckpt["meta"]["num_classes"] == 21 and ckpt["meta"]["backbone"] == "excel-tiny"
     assert all(not k.startswith(("visual", "vit")) for k in ckpt["model"])  # decoder only by default
     assert {"optimizer", "rng", "config"} <= set(ckpt)
-    assert "resolved config" in (work / "train.log").read_text()
+    log = (work / "train.log").read_text()
+    assert "resolved config" in log and "batch 2 per process x 1 processes = 2" in log
 
 
 @pytest.mark.slow
@@ -58,7 +59,8 @@ def test_two_process_gloo_training(mini_voc, tmp_path):
            f"tse.cache_dir={tmp_path / 'banks'}", "train.max_iters=4", "train.eval_iters=2"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "2 process(es)" in (work / "train.log").read_text()
+    log = (work / "train.log").read_text()
+    assert "2 process(es)" in log and "batch 2 per process x 2 processes = 4" in log  # test_tiny: train.batch_size 2
     calls = checked_calls(report)        # every collective ran on the group's device, through a staging point
     assert {r for r, *_ in calls} == {0, 1} and {d for _, _, d, _ in calls} == {"cpu"}
     assert sum(name == "all_reduce" for r, name, _, _ in calls if r == 0) >= 4   # the loss mean of each iteration

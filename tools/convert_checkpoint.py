@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from excel.engine.checkpoint import CheckpointError, load_checkpoint
+from excel.engine.checkpoint import (CheckpointError, convert_reference_state, is_reference_state, load_checkpoint,
+                                     save_converted)
 from excel.engine.cli import run_cli
-from excel.engine.reference_checkpoint import convert_reference_state, is_reference_state, save_converted
 from excel.errors import UsageError
 
 SUFFIXES = (".pth", ".pt", ".ckpt")

@@ -8,7 +8,8 @@ infer.save_overlays=true asks for overlays).
     torchrun --nproc_per_node=4 tools/infer_seg_coco.py data.root=... infer.checkpoint=... infer.crf=true
     bash infer_seg_coco.sh 0,1 2 val /path/to/checkpoint.pth data.root=...
 The model, its classes and the other settings come from the config stored in the checkpoint; --config files and
-key=value arguments override it. The split scored is infer.split (default val; configs/coco.yaml scores data.val_split=val_part during training).
+key=value arguments override it. The split scored is infer.split (default val; training validates on eval.split,
+val_part in configs/coco.yaml).
 <output_dir>/report.html shows the per-class table, the confusion heat map and the images, worst first.
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ or with the reference's wrapper:
 The model, its classes and the other settings come from the config stored in the checkpoint (the training run's);
 --config files and key=value arguments override it.
 Keys: infer.scales, infer.flip_at_unit_scale, infer.crf, infer.crf_params, infer.crf_workers, infer.save_logits,
-infer.save_overlays, infer.output_dir (default <run.work_dir>/infer_seg_voc_<split>), eval.max_images,
+infer.save_overlays, infer.output_dir (default <run.work_dir>/infer_seg_voc_<split>), infer.max_images,
 infer.report_max_images. <output_dir>/report.html shows the per-class table, the confusion heat map and the images,
 worst first; open it in a browser.
 """

@@ -5,22 +5,13 @@ label propagation on the tensor's device (no host loop per image or class).
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from excel.utils.tensors import device_table
-
-
-def grid_side(num_patches: int, what: str = "P") -> int:
-    """The side g of a square patch grid with ``num_patches`` = g * g cells (quirk 21: inputs are square)."""
-    g = math.isqrt(int(num_patches))
-    if g * g != num_patches or g == 0:
-        raise ValueError(f"{what} = {num_patches} is not the area of a square patch grid (g * g)")
-    return g
+from excel.utils.tensors import device_table, grid_side
 
 
 def quantize_maps(maps: Tensor, threshold: float) -> tuple[Tensor, Tensor]:

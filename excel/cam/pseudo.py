@@ -12,9 +12,10 @@ import torch
 from torch import Tensor
 
 from excel.cam.affinity import DEFAULT_AFFINITY_LAYERS, attention_affinity, transition_matrix
-from excel.cam.boxes import box_masks, grid_side
+from excel.cam.boxes import box_masks
 from excel.cam.par import PAR
 from excel.cam.refine import normalize_and_upsample, refine_maps
+from excel.utils.tensors import grid_side
 
 
 def present_classes(cls_labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from excel.cam.boxes import grid_side
+from excel.utils.tensors import grid_side
 
 _NORM_EPS = 1e-7  # r / (1e-7 + max r) (algorithm.md §5.4 step 1)
 

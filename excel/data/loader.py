@@ -38,14 +38,14 @@ def build_dataset(cfg: DictConfig, split: str | None = None, stage: str = "train
     """The dataset of ``cfg.data.name`` (voc | coco | custom = VOC layout with ``data.class_names``).
 
     Args:
-        split: list name; None = ``data.train_split`` (train), ``data.val_split`` (val) or ``test``.
+        split: list name; None = ``data.train_split`` (train), ``eval.split`` (val) or ``test``.
         stage: ``train`` | ``val`` | ``test``. Test images are read from ``data.test_root`` when it is set.
     """
     data = cfg.data
     if data.name not in ("voc", "coco", "custom"):
         raise DatasetError(f"data.name={data.name!r} is not one of voc, coco, custom")
     if split is None:
-        split = {"train": data.train_split, "val": data.val_split, "test": "test"}.get(stage, stage)
+        split = {"train": data.train_split, "val": cfg.eval.split, "test": "test"}.get(stage, stage)
     root = Path(data.root)
     list_dir = Path(data.list_dir) if data.list_dir else root / "lists"
     if stage == "test" and data.test_root:

@@ -2,8 +2,7 @@
 
 Under torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` in the environment) :func:`init_distributed` joins the
 process group (nccl when ``run.device`` resolves to CUDA, gloo otherwise). Without those variables nothing is
-initialised and every helper answers as a single process would: rank 0, world size 1, main process, and
-collectives are no-ops. Collective helpers stage tensors through the group's device (:func:`group_device`).
+initialised and every helper answers as a single process would: rank 0, world size 1, and collectives are no-ops. Collective helpers stage tensors through the group's device (:func:`group_device`).
 """
 from __future__ import annotations
 
@@ -13,15 +12,13 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as tdist
-from torch import nn
 
 from excel.config import ConfigError, resolve_device
 
 log = logging.getLogger(__name__)
 
-__all__ = ["init_distributed", "is_distributed", "get_rank", "get_world_size", "get_local_rank", "is_main_process",
-           "barrier", "all_reduce_sum", "broadcast_tensor", "broadcast_object", "group_device", "cleanup",
-           "local_device", "unwrap_model"]
+__all__ = ["init_distributed", "is_distributed", "get_rank", "get_world_size", "get_local_rank", "barrier",
+           "all_reduce_sum", "broadcast_object", "all_gather_object", "group_device", "cleanup", "local_device"]
 
 T = TypeVar("T")
 _GROUP_DEVICE = torch.device("cpu")
@@ -112,10 +109,6 @@ def get_local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0)) if is_distributed() else 0
 
 
-def is_main_process() -> bool:
-    return get_rank() == 0
-
-
 def local_device(spec: str = "auto") -> torch.device:
     """This process's device for ``run.device=spec``: ``auto``/``cuda`` become ``cuda:(LOCAL_RANK % device_count)``
     inside a process group (an explicit index is refused there); otherwise the spec as
@@ -153,18 +146,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def broadcast_tensor(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
-    """Rank ``src``'s ``tensor`` on every process, in place (same shape and dtype on every rank; staged through the
-    group's device like :func:`all_reduce_sum`)."""
-    if is_distributed() and get_world_size() > 1:
-        where = group_device()
-        staged = tensor if tensor.device == where else tensor.to(where)
-        tdist.broadcast(staged, src=src)
-        if staged is not tensor:
-            tensor.copy_(staged)
-    return tensor
-
-
 def broadcast_object(obj: T, src: int = 0) -> T:
     """Rank ``src``'s picklable ``obj`` on every process (``obj`` itself without a process group)."""
     if not is_distributed() or get_world_size() == 1:
@@ -189,8 +170,3 @@ def cleanup() -> None:
     if is_distributed():
         tdist.destroy_process_group()
     _GROUP_DEVICE = torch.device("cpu")
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel (or DataParallel) wrapper; ``model`` itself otherwise."""
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model

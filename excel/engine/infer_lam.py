@@ -20,21 +20,18 @@ from PIL import Image
 from tqdm import tqdm
 
 from excel.cam import build_par, make_pseudo_labels, pseudo_label_kwargs, pseudo_label_scores
-from excel.data import build_dataset
-from excel.data.palette import overlay, voc_palette, with_legend
+from excel.data import build_dataset, voc_palette
 from excel.data.transforms import to_uint8_rgb
-from excel.engine import dist
-from excel.engine.inference import load_trained_model
-from excel.engine.train import work_dir_of
-from excel.engine.validate import eval_loader, resize_square
+from excel.engine.checkpoint import load_trained_model
+from excel.engine.inference import resize_square
+from excel.engine.sharded import ShardedRun, eval_loader, run_sharded
 from excel.errors import UsageError
-from excel.evaluation import ConfusionMatrix, CRFPool
+from excel.evaluation import ConfusionMatrix
 from excel.evaluation.report import Gallery
 from excel.model import ExCEL, attn_pred
-from excel.utils.io import atomic_path, atomic_save_png, atomic_write_json
-from excel.utils.logging import setup_logging
-from excel.utils.tensors import set_tf32
-from excel.utils.vis import heat_overlay
+from excel.utils.io import atomic_save_png
+from excel.utils.tensors import grid_side
+from excel.utils.vis import save_lam_overlays, save_overlay
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +50,7 @@ def lam_inputs(model: ExCEL, x: torch.Tensor, with_checkpoint: bool) -> tuple[to
         raise UsageError("checkpoint-mode LAM inference takes one image at a time (the flip pair is the batch)")
     out = model(torch.cat([x, x.flip(-1)], dim=0))
     lam_pair = model.calibrated_lam(out, out.fused)  # mu over the 2-image batch (quirk 9)
-    g = int(round(lam_pair.shape[1] ** 0.5))
+    g = grid_side(lam_pair.shape[1], "lam_inputs: the LAM's patch count")
     c = lam_pair.shape[-1]
     flipped_back = lam_pair[1:].view(1, g, g, c).flip(2).reshape(1, g * g, c)
     lam = torch.maximum(lam_pair[:1], flipped_back)
@@ -75,24 +72,14 @@ def _read_png(path: Path) -> np.ndarray:
     return np.array(Image.open(path))
 
 
-def _cam_overlays(folder: Path, name: str, image: np.ndarray, lam: torch.Tensor, cls_label: torch.Tensor,
-                  class_names: list[str]) -> None:
-    """One JPEG per present class: the LAM (g x g) upsampled to the image and blended as a heat map."""
-    g = int(round(lam.shape[0] ** 0.5))
-    for c in torch.nonzero(cls_label > 0).flatten().tolist():
-        blend = heat_overlay(image, lam[:, c].view(g, g).float().cpu().numpy())
-        safe = class_names[c].replace(" ", "_")
-        with atomic_path(folder / f"{name}_{safe}.jpg") as tmp:
-            Image.fromarray(blend).save(tmp, format="JPEG", quality=90)
-
-
 PSEUDO_TITLE, CRF_TITLE = "pseudo label", "pseudo label + CRF"
 
 
 class _LamRun:
-    """State of one infer_lam run on this rank: outputs, confusion matrices, the CRF pool."""
+    """State of one infer_lam run on this rank: outputs, confusion matrices, the gallery."""
 
-    def __init__(self, cfg: DictConfig, out_dir: Path, model: ExCEL, device: torch.device) -> None:
+    def __init__(self, sharded: ShardedRun, model: ExCEL) -> None:
+        cfg, out_dir, device = sharded.cfg, sharded.output_dir, sharded.device
         self.cfg, self.model, self.device = cfg, model, device
         self.with_checkpoint = cfg.infer.checkpoint is not None
         self.par = build_par(cfg).to(device)
@@ -104,8 +91,7 @@ class _LamRun:
         self.overlay_dir = out_dir / "overlays"
         self.cm = ConfusionMatrix(len(self.names_bg), device=device)
         self.crf_cm = ConfusionMatrix(len(self.names_bg), device="cpu")
-        self.pool = CRFPool(num_workers=int(cfg.infer.crf_workers), labels_only=True,
-                            **dict(cfg.infer.crf_params)) if cfg.infer.crf else None
+        self.pool = sharded.crf_pool()
         self.skipped = 0
         self.gallery = Gallery(out_dir, self.names_bg, int(cfg.infer.report_max_images), palette=self.palette,
                                variants=[PSEUDO_TITLE, CRF_TITLE] if cfg.infer.crf else [PSEUDO_TITLE])
@@ -157,9 +143,9 @@ class _LamRun:
         self._to_gallery(item, pred_np)
         if self.cfg.infer.save_overlays:
             rgb = to_uint8_rgb(image[0], self.mean, self.std)
-            atomic_save_png(with_legend(overlay(rgb, pred_np), pred_np, self.names_bg),
-                            self.overlay_dir / f"{name}.png")
-            _cam_overlays(self.overlay_dir / "cams", name, rgb, lam[0], cls_label[0], self.class_names)
+            save_overlay(self.overlay_dir / f"{name}.png", rgb, pred_np, self.names_bg)
+            save_lam_overlays(self.overlay_dir / "cams", name, rgb, lam[0].float().cpu().numpy(),
+                              torch.nonzero(cls_label[0] > 0).flatten().tolist(), self.class_names)
 
     def drain(self, wait: bool) -> None:
         """Save and score the CRF results that are ready (all of them when ``wait``)."""
@@ -178,92 +164,68 @@ class _LamRun:
                                                              "CRF label": f"pseudo_labels_crf/{name}.png",
                                                              "overlay": f"overlays/{name}.png"})
 
-    def write_report(self, summary: dict[str, Any]) -> Path | None:
-        """``report.html`` of the run (every rank calls this; rank 0 writes it and gets its path)."""
+    def summary_line(self, summary: dict[str, Any]) -> str:
+        """The report page's one line of results."""
         line = f"pseudo-label mIoU {100 * summary['miou']:.2f} (m-IoU {100 * summary['miou_plain']:.2f})"
-        matrices = {PSEUDO_TITLE: self.cm}
         if self.cfg.infer.crf:
-            line += f", + CRF mIoU {100 * self.crf_cm.compute()['miou']:.2f}"
-            matrices[CRF_TITLE] = self.crf_cm
-        line += f" on {summary['num_images']} images ({summary['mode']}, {summary['seconds']:.0f} s)"
-        notes = [f"checkpoint: {self.cfg.infer.checkpoint or 'none (training-free)'}; box threshold "
-                 f"{self.cfg.infer.box_threshold}; CRF {'on' if self.cfg.infer.crf else 'off'}"]
-        return self.gallery.finish(f"infer_lam: pseudo labels on {summary['split']}", line, matrices, notes)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
+            line += f", + CRF mIoU {100 * summary['crf_miou']:.2f}"
+        return line + f" on {summary['num_images']} images ({summary['mode']}, {summary['seconds']:.0f} s)"
 
 
 def run_infer_lam(cfg: DictConfig) -> dict[str, Any]:
-    """Write pseudo labels for ``infer.split`` and score them; returns the mIoU figures (rank 0 has them all)."""
-    owns_group = not dist.is_distributed()
-    dist.init_distributed(cfg.run.device)
-    try:
-        return _infer_lam(cfg)
-    finally:
-        if owns_group:
-            dist.cleanup()
-
-
-def _infer_lam(cfg: DictConfig) -> dict[str, Any]:
-    rank = dist.get_rank()
-    device = dist.local_device(cfg.run.device)
-    set_tf32(cfg.run.tf32)
-    split = str(cfg.infer.split)
-    if split == "test":
+    """Write pseudo labels for ``infer.split`` and score them; returns the mIoU figures (every rank has them)."""
+    if str(cfg.infer.split) == "test":
         raise UsageError("infer.split=test has no image-level labels: pseudo labels need them (use train or val)")
     if int(cfg.infer.batch_size) < 1:
         raise UsageError(f"infer.batch_size={cfg.infer.batch_size}: expected a positive number of images")
-    out_dir = Path(cfg.infer.output_dir) if cfg.infer.output_dir else work_dir_of(cfg) / f"infer_lam_{split}"
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    setup_logging(out_dir / "infer_lam.log", rank)
-    checkpoint = cfg.infer.checkpoint
+    return run_sharded(cfg, "infer_lam", _infer_lam)
+
+
+def _infer_lam(sharded: ShardedRun) -> dict[str, Any]:
+    cfg, rank = sharded.cfg, sharded.rank
+    split, checkpoint = str(cfg.infer.split), cfg.infer.checkpoint
     # checkpoint mode forwards each image with its mirror (the pair is the batch, quirk 9): one image at a time
     group = 1 if checkpoint else int(cfg.infer.batch_size)
-    log.info("infer_lam on split %s (%s mode, %d image(s) per forward), output %s", split,
-             "checkpoint" if checkpoint else "training-free", group, out_dir)
+    mode = "checkpoint" if checkpoint else "training-free"
+    if rank == 0:
+        log.info("%s mode, %d image(s) per forward, box threshold %s, CRF %s", mode, group, cfg.infer.box_threshold,
+                 cfg.infer.crf)
     dataset = build_dataset(cfg, split, stage="val")  # the list and folders are checked before any weights are read
-    model = load_trained_model(cfg, checkpoint, device, mode=split)
-    run = _LamRun(cfg, out_dir, model, device)
+    run = _LamRun(sharded, load_trained_model(cfg, checkpoint, sharded.device, mode=split))
     t_start = time.perf_counter()
     pending: list[dict[str, Any]] = []
-    try:
-        for item in tqdm(eval_loader(dataset, cfg, cfg.eval.max_images), desc=f"infer_lam {split}",
-                         disable=rank != 0, dynamic_ncols=True):
-            if run.score_existing(item):
-                continue
-            pending.append(item)
-            if len(pending) == group:
-                run.process(pending)
-                pending = []
-        if pending:
+    for item in tqdm(eval_loader(dataset, cfg, cfg.infer.max_images), desc=f"infer_lam {split}",
+                     disable=rank != 0, dynamic_ncols=True):
+        if run.score_existing(item):
+            continue
+        pending.append(item)
+        if len(pending) == group:
             run.process(pending)
-        run.drain(wait=True)
-    finally:
-        run.close()
-    run.cm.all_reduce()
-    run.crf_cm.all_reduce()
-    elapsed = time.perf_counter() - t_start
-    result = run.cm.compute()
-    summary: dict[str, Any] = {"split": split, "mode": "checkpoint" if checkpoint else "training-free",
-                               "miou": float(result["miou"]), "miou_plain": float(result["miou_plain"]),
-                               "num_images": min(len(dataset), cfg.eval.max_images or len(dataset)),
-                               "skipped_existing": run.skipped, "seconds": elapsed}
-    report = run.write_report(summary)
+            pending = []
+    if pending:
+        run.process(pending)
+    run.drain(wait=True)
+    matrices = {PSEUDO_TITLE: run.cm, **({CRF_TITLE: run.crf_cm} if cfg.infer.crf else {})}
+    sharded.reduce(*matrices.values())
+    scores = run.cm.compute()
+    summary: dict[str, Any] = {"split": split, "mode": mode, "miou": float(scores["miou"]),
+                               "miou_plain": float(scores["miou_plain"]),
+                               "num_images": min(len(dataset), cfg.infer.max_images or len(dataset)),
+                               "skipped_existing": run.skipped, "seconds": time.perf_counter() - t_start}
+    if cfg.infer.crf:
+        crf_scores = run.crf_cm.compute()
+        summary["crf_miou"] = float(crf_scores["miou"])
+        summary["crf_miou_plain"] = float(crf_scores["miou_plain"])
+    notes = [f"checkpoint: {checkpoint or 'none (training-free)'}; box threshold {cfg.infer.box_threshold}; "
+             f"CRF {'on' if cfg.infer.crf else 'off'}"]
+    report = sharded.report(run.gallery, f"infer_lam: pseudo labels on {split}", run.summary_line(summary),
+                            matrices, notes)
     if report is not None:
         summary["report"] = str(report)
     if rank == 0:
-        log.info("pseudo labels (%s) on %s:\n%s", summary["mode"], split, run.cm.table(run.names_bg))
+        log.info("pseudo labels (%s) on %s:\n%s", mode, split, run.cm.table(run.names_bg))
         if cfg.infer.crf:
-            crf_result = run.crf_cm.compute()
-            summary["crf_miou"] = float(crf_result["miou"])
-            summary["crf_miou_plain"] = float(crf_result["miou_plain"])
             log.info("pseudo labels + CRF on %s:\n%s", split, run.crf_cm.table(run.names_bg))
-        atomic_write_json(out_dir / "results.json", summary)
         log.info("labels in %s (%d written, %d already there), %.1f s", run.label_dir,
-                 summary["num_images"] - run.skipped, run.skipped, elapsed)
-    dist.barrier()
-    return summary
+                 summary["num_images"] - run.skipped, run.skipped, summary["seconds"])
+    return sharded.finish(summary)

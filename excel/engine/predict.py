@@ -40,35 +40,28 @@ from excel.errors import UsageError
 from excel.backbone import load_clip
 from excel.config import CONFIG_DIR, load_config
 from excel.cam import build_par, make_pseudo_labels, pseudo_label_kwargs
-from excel.data.palette import full_palette, overlay, with_legend
 from excel.data.transforms import normalize
 from excel.data.voc import load_image
 from excel.engine.cli import config_for_checkpoint
-from excel.engine.inference import build_seeded_model, load_trained_model, multiscale_logits
-from excel.engine.validate import resize_square
+from excel.engine.checkpoint import build_seeded_model, load_trained_model
+from excel.engine.inference import multiscale_logits, resize_square
 from excel.evaluation import crf_params, dense_crf
 from excel.evaluation.report import Gallery
 from excel.utils.io import atomic_save_png, atomic_write_json
+from excel.utils.palette import full_palette
+from excel.utils.vis import save_overlay
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_SUFFIXES", "full_palette", "save_overlay", "collect_images", "parse_class_list",
-           "read_class_file", "set_vocabulary", "predict_config", "Prediction", "Predictor", "predict_images"]
+__all__ = ["IMAGE_SUFFIXES", "collect_images", "parse_class_list", "read_class_file", "set_vocabulary",
+           "predict_config", "Prediction", "Predictor", "predict_images"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 LABEL_MODES = ("cls", "all")
 CLUSTERS_PER_SENTENCE = 112 / 400  # the VOC ratio (algorithm.md §3.2), used to size the bank of a small knowledge base
 
 
-# ----------------------------------------------------------------------------- colours and files
-def save_overlay(path: str | Path, rgb: np.ndarray, label: np.ndarray, class_names: Sequence[str],
-                 alpha: float = 0.5) -> None:
-    """Write ``rgb`` (H, W, 3) uint8 with the colours of ``label`` (H, W) blended in and a legend strip below."""
-    palette = full_palette()
-    blended = overlay(rgb, label, alpha=alpha, palette=palette)
-    atomic_save_png(with_legend(blended, label, list(class_names), palette=palette), path)
-
-
+# ----------------------------------------------------------------------------- files
 def collect_images(inputs: Sequence[str]) -> list[Path]:
     """Image files named by ``inputs``: files, folders (searched recursively) or glob patterns, sorted per input.
 

@@ -27,34 +27,25 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from excel.errors import UsageError
-from excel.config import save_config
 from excel.data import build_dataset, voc_palette
 from excel.data.transforms import to_uint8_rgb
 from excel.engine import dist
-from excel.engine.inference import load_trained_model, logit_size, multiscale_logits, upsample_logits
-from excel.engine.predict import save_overlay
-from excel.engine.train import work_dir_of
-from excel.engine.validate import eval_loader
+from excel.engine.checkpoint import load_trained_model
+from excel.engine.inference import logit_size, multiscale_logits, upsample_logits
+from excel.engine.sharded import ShardedRun, eval_loader, run_sharded
+from excel.errors import UsageError
 from excel.evaluation import ConfusionMatrix, CRFPool, crf_params
 from excel.evaluation.report import Gallery
-from excel.utils.io import atomic_path, atomic_save_png, atomic_write_json
-from excel.utils.logging import git_revision, setup_logging
-from excel.utils.tensors import set_tf32
+from excel.utils.io import atomic_path, atomic_save_png
+from excel.utils.logging import git_revision
+from excel.utils.vis import save_overlay
 
 log = logging.getLogger(__name__)
 
-__all__ = ["segment", "output_dir_of", "test_png_path", "TEST_LAYOUT", "to_uint8_rgb"]
+__all__ = ["segment", "test_png_path", "TEST_LAYOUT"]
 
 TEST_LAYOUT = Path("results") / "VOC2012" / "Segmentation" / "comp6_test_cls"
 PRED_TITLE, CRF_TITLE = "prediction", "prediction + CRF"
-
-
-def output_dir_of(cfg: DictConfig, tool: str) -> Path:
-    """``infer.output_dir``, or ``<work_dir>/<tool>_<infer.split>`` when it is null."""
-    if cfg.infer.output_dir:
-        return Path(cfg.infer.output_dir)
-    return work_dir_of(cfg) / f"{tool}_{cfg.infer.split}"
 
 
 def test_png_path(output_dir: str | Path, name: str) -> Path:
@@ -77,7 +68,7 @@ def _pending_indices(dataset: Any, output_dir: Path, test: bool, max_images: int
 
 
 class _Run:
-    """State of one inference run on one rank (the loop, the CRF pool, the matrices and the timers)."""
+    """State of one segmentation run on one rank: the confusion matrices, the gallery and the timers."""
 
     def __init__(self, cfg: DictConfig, output_dir: Path, test: bool, device: torch.device) -> None:
         self.cfg, self.output_dir, self.test, self.device = cfg, output_dir, test, device
@@ -139,16 +130,6 @@ class _Run:
             self.drain(pool, wait=False)
 
 
-def _log_start(cfg: DictConfig, output_dir: Path, tool: str) -> None:
-    save_config(cfg, output_dir / "config.yaml")
-    inf = cfg.infer
-    log.info("%s: split %s, checkpoint %s, output %s, %d process(es), git %s", tool, inf.split, inf.checkpoint,
-             output_dir, dist.get_world_size(), git_revision())
-    log.info("scales %s, flip at scale 1.0 %s, logit scale %s, CRF %s%s", list(inf.scales), inf.flip_at_unit_scale,
-             inf.logit_scale, inf.crf, f" {crf_params(inf.crf_params)} on {inf.crf_workers} worker(s)"
-             if inf.crf else "")
-
-
 def segment(cfg: DictConfig, tool: str = "infer_seg_voc") -> dict[str, Any]:
     """Run segmentation inference as configured (see the module docstring); every rank takes part.
 
@@ -160,81 +141,59 @@ def segment(cfg: DictConfig, tool: str = "infer_seg_voc") -> dict[str, Any]:
     if cfg.infer.checkpoint in (None, ""):
         raise UsageError(f"{tool}: infer.checkpoint is null; segmentation inference needs a trained checkpoint "
                          f"(infer.checkpoint=/path/to/iter_XXXXXXX.pth)")
-    owns_group = not dist.is_distributed()
-    dist.init_distributed(cfg.run.device)
-    try:
-        return _segment(cfg, tool)
-    finally:
-        if owns_group:
-            dist.cleanup()
+    return run_sharded(cfg, tool, _segment)
 
 
-def _segment(cfg: DictConfig, tool: str) -> dict[str, Any]:
-    rank = dist.get_rank()
-    device = dist.local_device(cfg.run.device)
-    set_tf32(cfg.run.tf32)
-    output_dir = output_dir_of(cfg, tool)
+def _segment(sharded: ShardedRun) -> dict[str, Any]:
+    cfg, tool, rank, output_dir = sharded.cfg, sharded.tool, sharded.rank, sharded.output_dir
+    inf = cfg.infer
     if rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    setup_logging(output_dir / f"{tool}.log", rank)
-    if rank == 0:
-        _log_start(cfg, output_dir, tool)
-    split = str(cfg.infer.split)
+        log.info("scales %s, flip at scale 1.0 %s, logit scale %s, CRF %s%s", list(inf.scales),
+                 inf.flip_at_unit_scale, inf.logit_scale, inf.crf,
+                 f" {crf_params(inf.crf_params)} on {inf.crf_workers} worker(s)" if inf.crf else "")
+    split = str(inf.split)
     test = split == "test"
     dataset = build_dataset(cfg, split, stage="test" if test else "val")
-    model = load_trained_model(cfg, cfg.infer.checkpoint, device, mode=split)
+    model = load_trained_model(cfg, inf.checkpoint, sharded.device, mode=split)
     # rank 0 lists the finished PNGs and every rank shards its list: ranks never disagree on what is left
-    pending = dist.broadcast_object(_pending_indices(dataset, output_dir, test, cfg.eval.max_images)
+    pending = dist.broadcast_object(_pending_indices(dataset, output_dir, test, inf.max_images)
                                     if rank == 0 else None)
     if test and rank == 0:
         log.info("test split: %d of %d images to predict (existing PNGs are kept)", len(pending), len(dataset))
-    run = _Run(cfg, output_dir, test, device)
-    loader = eval_loader(Subset(dataset, pending), cfg)
-    pool = CRFPool(int(cfg.infer.crf_workers), labels_only=True, **crf_params(cfg.infer.crf_params)) \
-        if cfg.infer.crf else None
+    run = _Run(cfg, output_dir, test, sharded.device)
+    pool = sharded.crf_pool()
     t_start = time.perf_counter()
-    try:
-        for batch in tqdm(loader, desc=tool, disable=rank != 0, dynamic_ncols=True):
-            run.step(model, batch, pool)
-        if pool is not None:
-            run.drain(pool, wait=True)
-    finally:
-        if pool is not None:
-            pool.close()
+    for batch in tqdm(eval_loader(Subset(dataset, pending), cfg), desc=tool, disable=rank != 0, dynamic_ncols=True):
+        run.step(model, batch, pool)
+    if pool is not None:
+        run.drain(pool, wait=True)
     wall = time.perf_counter() - t_start
-    timers = torch.tensor([run.timers[k] for k in ("model", "crf_wait", "images", "crf_images")] + [wall],
-                          dtype=torch.float64)
-    dist.all_reduce_sum(timers)
-    model_s, crf_wait_s, n_images, n_crf, wall_sum = timers.tolist()
+    model_s, crf_wait_s, n_images, n_crf, wall_sum = sharded.sum_over_ranks(
+        [run.timers[k] for k in ("model", "crf_wait", "images", "crf_images")] + [wall])
     result: dict[str, Any] = {
-        "tool": tool, "split": split, "checkpoint": str(cfg.infer.checkpoint), "output_dir": str(output_dir),
-        "num_images": int(n_images), "world_size": dist.get_world_size(), "scales": list(cfg.infer.scales),
-        "flip_at_unit_scale": bool(cfg.infer.flip_at_unit_scale), "logit_scale": cfg.infer.logit_scale,
-        "crf": bool(cfg.infer.crf), "crf_params": crf_params(cfg.infer.crf_params) if cfg.infer.crf else None,
+        "tool": tool, "split": split, "checkpoint": str(inf.checkpoint), "output_dir": str(output_dir),
+        "num_images": int(n_images), "world_size": sharded.world_size, "scales": list(inf.scales),
+        "flip_at_unit_scale": bool(inf.flip_at_unit_scale), "logit_scale": inf.logit_scale, "crf": bool(inf.crf),
+        "crf_params": crf_params(inf.crf_params) if inf.crf else None,
         "timing": {"model_seconds_per_image": model_s / max(n_images, 1),
                    "wall_seconds_per_image": wall_sum / max(n_images, 1),
-                   "crf_wait_seconds_per_image": crf_wait_s / max(n_crf, 1) if cfg.infer.crf else None},
+                   "crf_wait_seconds_per_image": crf_wait_s / max(n_crf, 1) if inf.crf else None},
         "scores": {"raw": None, "crf": None}, "git_revision": git_revision(),
-        "config": OmegaConf.to_container(cfg.infer, resolve=True),
+        "config": OmegaConf.to_container(inf, resolve=True),
     }
+    matrices = {PRED_TITLE: run.raw_cm, **({CRF_TITLE: run.crf_cm} if inf.crf else {})}
     if not test:
-        run.raw_cm.all_reduce()
-        result["scores"]["raw"] = _scores(run.raw_cm, run.names)
-        if cfg.infer.crf:
-            run.crf_cm.all_reduce()
-            result["scores"]["crf"] = _scores(run.crf_cm, run.names)
-    report = run.gallery.finish(f"{tool} on {split}", _summary_line(result), None if test else
-                                {PRED_TITLE: run.raw_cm, **({CRF_TITLE: run.crf_cm} if cfg.infer.crf else {})},
-                                notes=[f"checkpoint: {cfg.infer.checkpoint}", f"scales {list(cfg.infer.scales)}, "
-                                       f"flip at scale 1.0 {cfg.infer.flip_at_unit_scale}, CRF {cfg.infer.crf}"])
+        sharded.reduce(*matrices.values())
+        result["scores"] = {"raw": _scores(run.raw_cm, run.names),
+                            "crf": _scores(run.crf_cm, run.names) if inf.crf else None}
+    report = sharded.report(run.gallery, f"{tool} on {split}", _summary_line(result), None if test else matrices,
+                            notes=[f"checkpoint: {inf.checkpoint}", f"scales {list(inf.scales)}, "
+                                   f"flip at scale 1.0 {inf.flip_at_unit_scale}, CRF {inf.crf}"])
     if report is not None:
         result["report"] = str(report)
     if rank == 0:
         _report(result, run, test)
-        atomic_write_json(output_dir / "results.json", result)
-    dist.barrier()
-    return result
+    return sharded.finish(result)
 
 
 def _summary_line(result: dict[str, Any]) -> str:

@@ -22,13 +22,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from excel.cam import build_par, make_pseudo_labels, pseudo_label_kwargs
-from excel.config import save_config
+from excel.config import save_config, work_dir_of
 from excel.data import build_dataset
 from excel.data.voc import DatasetError, check_dataset
 from excel.engine import dist
 from excel.engine.checkpoint import (CheckpointError, check_compatible, latest_checkpoint, load_checkpoint,
-                                     restore_rng_states, save_checkpoint)
-from excel.engine.inference import load_model_weights
+                                     load_model_weights, restore_rng_states, save_checkpoint)
 from excel.engine.optim import PolyWarmupAdamW
 from excel.engine.sampler import InfiniteSampler, SeededItems
 from excel.engine.validate import validate, visual_samples
@@ -51,12 +50,6 @@ class StepResult:
     aff_loss: float
     lr: float
     lvc: bool
-
-
-def work_dir_of(cfg: DictConfig) -> Path:
-    """The run folder: ``run.work_dir`` with ``_<run.log_tag>`` appended when a tag is given."""
-    base = str(cfg.run.work_dir)
-    return Path(f"{base}_{cfg.run.log_tag}" if cfg.run.log_tag else base)
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -231,6 +224,8 @@ class Trainer:
         cfg = self.cfg
         log.info("work dir %s, device %s, %d process(es), git %s", self.work_dir, self.device, self.world_size,
                  git_revision())
+        batch = int(cfg.train.batch_size)
+        log.info("batch %d per process x %d processes = %d", batch, self.world_size, batch * self.world_size)
         log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
         log.info("switches: TSE %s, SVC %s, LVC %s (from iter %s), attn_pred selection from iter %s, "
                  "seg loss weight %s, affinity loss weight %s, amp %s",

@@ -6,42 +6,26 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch import nn
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from excel.cam import PAR, make_pseudo_labels, pseudo_label_kwargs
-from excel.data.loader import ShardSampler
+from excel.cam import make_pseudo_labels, pseudo_label_kwargs
 from excel.data.transforms import to_uint8_rgb
 from excel.engine import dist
+from excel.engine.inference import resize_square
+from excel.engine.sharded import eval_loader
 from excel.evaluation import ConfusionMatrix
-
-
-def eval_loader(dataset: Dataset, cfg: DictConfig, max_items: int | None = None) -> DataLoader:
-    """Batch-1 loader over this rank's share of the first ``max_items`` items (each item on exactly one rank;
-    images keep their own sizes)."""
-    if max_items is not None and max_items < len(dataset):  # type: ignore[arg-type]
-        dataset = Subset(dataset, range(int(max_items)))
-    return DataLoader(dataset, batch_size=1, sampler=ShardSampler(dataset, dist.get_rank(), dist.get_world_size()),
-                      num_workers=cfg.data.num_workers, collate_fn=_collate_one)
-
-
-def _collate_one(items: list[dict[str, Any]]) -> dict[str, Any]:
-    item = items[0]
-    out: dict[str, Any] = {}
-    for key, value in item.items():
-        out[key] = value.unsqueeze(0) if torch.is_tensor(value) else [value]
-    return out
-
-
-def resize_square(images: torch.Tensor, side: int) -> torch.Tensor:
-    """Bilinear (align_corners=False) resize of (B,3,h,w) to (B,3,side,side)."""
-    return F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
+from excel.utils.tensors import grid_side
 
 
 @torch.no_grad()
-def validate(model, dataset: Dataset, cfg: DictConfig, device: torch.device, par: PAR | None = None,
+def validate(model, dataset: Dataset, cfg: DictConfig, device: torch.device, par: nn.Module,
              box_threshold: float | None = None) -> dict[str, Any]:
     """Score the decoder (seg) and the training-free-with-Q pseudo labels on ``dataset``; all ranks take part.
+
+    ``par`` is the run's PAR (:func:`excel.cam.build_par`, built once); ``box_threshold`` defaults to
+    ``eval.box_threshold``. Every image of ``dataset`` is scored.
 
     Returns dict(seg_miou, pseudo_miou, seg_table, pseudo_table, seg, pseudo) with the two ConfusionMatrix results.
     """
@@ -51,7 +35,7 @@ def validate(model, dataset: Dataset, cfg: DictConfig, device: torch.device, par
     threshold = cfg.eval.box_threshold if box_threshold is None else box_threshold
     was_training = model.training
     model.eval()
-    loader = eval_loader(dataset, cfg, cfg.eval.max_images)
+    loader = eval_loader(dataset, cfg)
     for batch in tqdm(loader, desc="validate", disable=dist.get_rank() != 0, leave=False, dynamic_ncols=True):
         image = batch["image"].to(device)
         label = batch["label"].to(device)
@@ -73,7 +57,7 @@ def validate(model, dataset: Dataset, cfg: DictConfig, device: torch.device, par
 
 @torch.no_grad()
 def visual_samples(model, dataset: Dataset, indices: Sequence[int], cfg: DictConfig, device: torch.device,
-                   par: PAR | None = None, max_lams: int = 3) -> list[dict[str, Any]]:
+                   par: nn.Module, max_lams: int = 3) -> list[dict[str, Any]]:
     """What the TensorBoard sample grids show for the dataset items ``indices`` (this process only).
 
     Per item a dict: ``name``; ``rgb`` (H, W, 3) uint8; ``gt`` (H, W) int64; ``pred`` (H, W) the decoder's argmax;
@@ -94,7 +78,7 @@ def visual_samples(model, dataset: Dataset, indices: Sequence[int], cfg: DictCon
         cls_label = item["cls_label"][None].to(device)
         pseudo = make_pseudo_labels(out.lam, out.attn, cls_label, inputs, label.shape[-2:], attn_pred=None,
                                     **pseudo_label_kwargs(cfg, cfg.eval.box_threshold, par))
-        g = int(round(out.lam.shape[1] ** 0.5))
+        g = grid_side(out.lam.shape[1], "visual_samples: the LAM's patch count")
         present = torch.nonzero(cls_label[0] > 0).flatten()
         ranked = present[out.lam[0][:, present].mean(0).argsort(descending=True)][:max_lams].tolist()
         samples.append({"name": item["name"], "rgb": to_uint8_rgb(item["image"], aug.mean, aug.std),

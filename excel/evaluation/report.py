@@ -8,7 +8,8 @@ The page is one self-contained file: inline CSS, no scripts, relative links only
 memory holds no pictures beyond the few images whose predictions are still in flight (the CRF runs elsewhere).
 
 A runner makes a :class:`Gallery`, calls :meth:`Gallery.add` for every image (on every rank under torchrun) and
-:meth:`Gallery.finish` once at the end on every rank; rank 0 writes the page.
+:meth:`Gallery.finish` once at the end on every rank, giving it the rank, the number of processes and the barrier
+of its process group; rank 0 writes the page.
 """
 from __future__ import annotations
 
@@ -19,16 +20,16 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import quote
 
 import numpy as np
 
-from excel.data.palette import palette_array
 from excel.errors import UsageError
 from excel.evaluation.metrics import ConfusionMatrix
 from excel.utils.io import atomic_save_png, atomic_write_json, atomic_write_text
-from excel.utils.vis import fit_height, label_tile, palette_for, tile_row
+from excel.utils.palette import palette_array, palette_for
+from excel.utils.vis import fit_height, label_tile, tile_row
 
 log = logging.getLogger(__name__)
 
@@ -191,31 +192,35 @@ class Gallery:
 
     # ------------------------------------------------------------------------------------------- the end
     def finish(self, title: str, summary: str, matrices: dict[str, ConfusionMatrix] | None = None,
-               notes: Sequence[str] = ()) -> Path | None:
+               notes: Sequence[str] = (), rank: int = 0, world_size: int = 1,
+               barrier: Callable[[], None] | None = None) -> Path | None:
         """Write ``report.html`` (every rank must call this; rank 0 writes the page and returns its path).
+
+        With several processes each rank leaves its part of the gallery in ``report_files/``, waits at
+        ``barrier`` (the process group's, e.g. :func:`excel.engine.dist.barrier`) and rank 0 merges the parts.
 
         Args:
             title: the page heading, e.g. "infer_seg_voc on val".
             summary: the one-line result, e.g. "mIoU 71.20 (CRF 72.05) on 1449 images".
             matrices: {variant title: all-reduced ConfusionMatrix} for a labelled split, None otherwise.
             notes: further lines shown under the summary (checkpoint, settings).
+            rank, world_size, barrier: this process's place in the run's process group (0, 1, None alone).
         """
-        from excel.engine import dist
-
+        if world_size > 1 and barrier is None:
+            raise ValueError("Gallery.finish: a run of several processes needs the process group's barrier")
         for name in list(self._pending):
             self._complete(name)
         self._prune()
         shard = {"entries": [asdict(e) for e in self.kept], "scores": self.scores, "count": self.count,
                  "pixel_counts": self.pixel_counts.tolist(), "image_counts": self.image_counts.tolist()}
-        rank, world = dist.get_rank(), dist.get_world_size()
         files = self.out_dir / FILES_DIR
-        if world > 1:
+        if world_size > 1:
             atomic_write_json(files / f".shard_{rank}.json", shard)
-            dist.barrier()
+            barrier()
             if rank != 0:
                 return None
             shards = []
-            for r in range(world):
+            for r in range(world_size):
                 path = files / f".shard_{r}.json"
                 shards.append(json.loads(path.read_text(encoding="utf-8")))
                 path.unlink()

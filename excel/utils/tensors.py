@@ -1,10 +1,24 @@
-"""Small constant tables kept on each device once, instead of a host-to-device copy on every call."""
+"""Small tensor helpers: the side of a square patch grid, constant tables kept on each device once (instead of a
+host-to-device copy on every call), and the TF32 switch."""
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import torch
 from torch import Tensor
+
+
+def grid_side(num_patches: int, what: str = "P") -> int:
+    """The side g of a square patch grid with ``num_patches`` = g * g cells (quirk 21: inputs are square).
+
+    Raises:
+        ValueError: ``num_patches`` is not a positive square; the message starts with ``what``.
+    """
+    g = math.isqrt(int(num_patches))
+    if g * g != num_patches or g == 0:
+        raise ValueError(f"{what} = {num_patches} is not the area of a square patch grid (g * g)")
+    return g
 
 
 @lru_cache(maxsize=256)

@@ -1,8 +1,8 @@
-"""Pictures for people, drawn with PIL and OpenCV only: captioned tile rows (the TensorBoard sample grids and the
-report gallery), LAM heat maps, and the training curves (``curves.png``).
+"""Pictures for people, drawn with PIL and OpenCV only: label overlays with a legend, LAM heat maps, captioned tile
+rows (the TensorBoard sample grids and the report gallery), and the training curves (``curves.png``).
 
-Label tiles use the palettes of :mod:`excel.data.palette` (the VOC palette up to 21 classes, the extended PASCAL
-colour map beyond), so a tile's colours are those of the PNGs the tools write.
+Label colours come from :mod:`excel.utils.palette` (the VOC palette up to 21 classes, the full PASCAL colour map
+beyond), so an overlay's or a tile's colours are those of the PNGs the tools write.
 """
 from __future__ import annotations
 
@@ -17,13 +17,15 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from excel.data.palette import NUM_VOC_COLOURS, colorize, full_palette, voc_palette
-from excel.utils.io import atomic_save_png
+from excel.utils.io import atomic_path, atomic_save_png
+from excel.utils.palette import colorize, full_palette, palette_array, palette_for
+from excel.utils.tensors import grid_side
 
 log = logging.getLogger(__name__)
 
-__all__ = ["THUMB_SIDE", "CAPTION_BG", "TileRow", "palette_for", "fit_height", "label_tile", "heat_overlay",
-           "tile_row", "sample_grid", "Series", "Axes", "render_curves", "read_jsonl", "write_curves"]
+__all__ = ["THUMB_SIDE", "CAPTION_BG", "overlay", "legend", "with_legend", "save_overlay", "heat_overlay",
+           "save_lam_overlays", "TileRow", "fit_height", "label_tile", "tile_row", "sample_grid", "Series", "Axes",
+           "render_curves", "read_jsonl", "write_curves"]
 
 THUMB_SIDE = 160               # tile height of the gallery and TensorBoard grids, in pixels
 CAPTION_H = 16                 # height of the caption bar above a tile
@@ -36,12 +38,88 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-def palette_for(num_classes: int) -> list[int]:
-    """The flat 768-int palette for a label set of ``num_classes`` (background included): VOC's up to 21."""
-    return voc_palette() if num_classes <= NUM_VOC_COLOURS else full_palette()
+# ----------------------------------------------------------------------------- label overlays
+def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5, skip_background: bool = True,
+            palette: Sequence[int] | None = None) -> np.ndarray:
+    """Blend the label colours over an RGB image.
+
+    Args:
+        image: (H, W, 3) uint8.
+        label: (H, W) index mask.
+        alpha: weight of the label colour, in [0, 1].
+        skip_background: leave pixels labelled 0 (background) untouched.
+    Returns:
+        (H, W, 3) uint8.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"overlay expects an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    if image.shape[:2] != np.shape(label):
+        raise ValueError(f"image {image.shape[:2]} and label {np.shape(label)} sizes differ")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    colours = colorize(label, palette).astype(np.float32)
+    blend = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
+    if skip_background:
+        blend[np.asarray(label) == 0] = image[np.asarray(label) == 0]
+    return np.clip(np.rint(blend), 0, 255).astype(np.uint8)
 
 
-# ----------------------------------------------------------------------------- tiles
+def legend(class_names: Sequence[str], indices: Sequence[int], width: int | None = None, patch: int = 12,
+           palette: Sequence[int] | None = None) -> np.ndarray:
+    """An RGB strip (h, width, 3) uint8 with one colour patch and name per label index, wrapped into rows.
+
+    ``class_names[i]`` names label index ``i`` (background included); indices out of range are named by number.
+    """
+    pal = palette_array(palette)
+    font = ImageFont.load_default()
+    pad = 4
+    entries = []
+    for idx in indices:
+        name = class_names[idx] if 0 <= idx < len(class_names) else str(idx)
+        text_w = int(np.ceil(font.getlength(name)))
+        entries.append((int(idx), name, patch + pad + text_w + 2 * pad))
+    width = width or max([e[2] for e in entries] + [64])
+    rows, row, used = [], [], 0
+    for entry in entries:
+        if row and used + entry[2] > width:
+            rows.append(row)
+            row, used = [], 0
+        row.append(entry)
+        used += entry[2]
+    if row:
+        rows.append(row)
+    line_h = patch + 2 * pad
+    canvas = Image.new("RGB", (width, max(1, len(rows)) * line_h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(rows):
+        x, y = pad, r * line_h + pad
+        for idx, name, entry_w in row:
+            draw.rectangle([x, y, x + patch - 1, y + patch - 1], fill=tuple(int(v) for v in pal[idx % 256]),
+                           outline=(0, 0, 0))
+            draw.text((x + patch + pad, y), name, fill=(0, 0, 0), font=font)
+            x += entry_w
+    return np.asarray(canvas)
+
+
+def with_legend(image: np.ndarray, label: np.ndarray, class_names: Sequence[str],
+                palette: Sequence[int] | None = None) -> np.ndarray:
+    """Stack a legend of the labels present in ``label`` (ignore excluded) under ``image`` (H, W, 3) uint8."""
+    present = [int(v) for v in np.unique(label) if v != 255]
+    strip = legend(class_names, present, width=image.shape[1], palette=palette)
+    return np.concatenate([np.asarray(image, dtype=np.uint8), strip], axis=0)
+
+
+def save_overlay(path: str | Path, rgb: np.ndarray, label: np.ndarray, class_names: Sequence[str],
+                 alpha: float = 0.5) -> None:
+    """Write ``rgb`` (H, W, 3) uint8 with the colours of ``label`` (H, W) blended in and a legend strip below
+    (the full PASCAL colour map: VOC's colours for 0..20, distinct ones beyond)."""
+    palette = full_palette()
+    blended = overlay(rgb, label, alpha=alpha, palette=palette)
+    atomic_save_png(with_legend(blended, label, list(class_names), palette=palette), path)
+
+
+# ----------------------------------------------------------------------------- heat maps and tiles
 def fit_height(image: np.ndarray, height: int, nearest: bool = False) -> np.ndarray:
     """Resize (H, W[, 3]) to (height, round(W * height / H)[, 3]), keeping the aspect ratio; nearest for labels."""
     h, w = image.shape[:2]
@@ -72,6 +150,18 @@ def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.
         heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
     colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
     return ((1.0 - alpha) * image + alpha * colour).astype(np.uint8)
+
+
+def save_lam_overlays(folder: str | Path, name: str, rgb: np.ndarray, lam: np.ndarray, classes: Sequence[int],
+                      class_names: Sequence[str]) -> None:
+    """Write ``<folder>/<name>_<class>.jpg`` for each class index c in ``classes``: column c of the LAM
+    ``lam`` (P, C_fg), a g x g map, blended over ``rgb`` (H, W, 3) uint8 as a heat map."""
+    g = grid_side(lam.shape[0], "save_lam_overlays: lam.shape[0]")
+    for c in classes:
+        blend = heat_overlay(rgb, lam[:, c].reshape(g, g))
+        safe = class_names[c].replace(" ", "_")
+        with atomic_path(Path(folder) / f"{name}_{safe}.jpg") as tmp:
+            Image.fromarray(blend).save(tmp, format="JPEG", quality=90)
 
 
 @dataclass

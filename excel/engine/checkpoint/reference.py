@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from excel.backbone import load_clip
-from excel.engine.checkpoint import CheckpointError, save_checkpoint, strip_module_prefix
+from excel.engine.checkpoint.files import CheckpointError, save_checkpoint, strip_module_prefix
 
 log = logging.getLogger(__name__)
 

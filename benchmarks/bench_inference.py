@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from excel.config import CONFIG_DIR, load_config
-from excel.engine.inference import build_seeded_model, logit_size, multiscale_logits
+from excel.engine.checkpoint import build_seeded_model
+from excel.engine.inference import logit_size, multiscale_logits
 from excel.evaluation import CRF_DEFAULTS, dense_crf
 from excel.evaluation.crf import kept_labels
 
@@ -76,7 +77,8 @@ def trained_crf_pruning(checkpoint: str, data_root: str, split: str, images: int
     """Full against pruned CRF on a trained decoder's MS+flip probabilities: agreement and seconds per image."""
     from excel.data import build_dataset
     from excel.engine.cli import config_for_checkpoint
-    from excel.engine.inference import load_trained_model, upsample_logits
+    from excel.engine.checkpoint import load_trained_model
+    from excel.engine.inference import upsample_logits
     from excel.data.transforms import to_uint8_rgb
 
     cfg = config_for_checkpoint(checkpoint, overrides=[f"data.root={data_root}", "run.device=cpu"])

@@ -134,17 +134,17 @@ def test_prune_below_none_is_the_old_full_crf_exactly():
     expected = dense_crf(image, energy, iter_max=4, unary="raw")  # the full CRF, no pruning involved
     np.testing.assert_array_equal(dense_crf(image, probs, iter_max=4, prune_below=None), expected)
     np.testing.assert_array_equal(dense_crf(image, probs, iter_max=4), expected)  # None is the default
-    assert crf_params(None)["prune_below"] == CRF_DEFAULTS["prune_below"] == 1e-3
+    assert crf_params(None)["prune_below"] == CRF_DEFAULTS["prune_below"] == 0.1
     assert crf_params({"prune_below": None})["prune_below"] is None
 
 
 @pytest.mark.parametrize("num_classes", [21, 81])
 def test_pruned_crf_agrees_with_full_on_random_many_label_scores(num_classes):
     image, probs = many_label_case(seed=num_classes, num_classes=num_classes)
-    keep = kept_labels(probs, 1e-3)
+    keep = kept_labels(probs, CRF_DEFAULTS["prune_below"])
     assert 4 <= len(keep) < num_classes  # the case does prune, and keeps the dominant classes
     full = dense_crf(image, probs).argmax(0)
-    pruned = dense_crf(image, probs, prune_below=1e-3).argmax(0)
+    pruned = dense_crf(image, probs, prune_below=CRF_DEFAULTS["prune_below"]).argmax(0)
     assert (full == pruned).mean() >= 0.999
 
 

@@ -9,8 +9,6 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-# the model loaders moved to excel.engine.checkpoint; benchmarks/ still import them from here
-from excel.engine.checkpoint.weights import build_seeded_model, load_trained_model  # noqa: F401
 from excel.model import ExCEL
 
 __all__ = ["resize_square", "multiscale_logits", "logit_size", "upsample_logits"]

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 CRF_DEFAULTS = {"iter_max": 10, "pos_xy_std": 1, "pos_w": 3, "bi_xy_std": 67, "bi_rgb_std": 3, "bi_w": 4,
-                "prune_below": 1e-3}
+                "prune_below": 0.1}
 
 
 def kept_labels(probs: np.ndarray, prune_below: float | None, unary: str = "softmax") -> np.ndarray:

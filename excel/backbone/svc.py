@@ -5,11 +5,12 @@ No module state and no device choices here: every function works on whatever dev
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from excel.utils.tensors import grid_side
 
 HEAD_REDUCTIONS = ("sum", "mean")
 
@@ -92,11 +93,7 @@ def lvc_bias(fused: Tensor, per_sample: bool = False, scale: float = 3.0) -> Ten
 
 def pos_grid_side(pos_embed: Tensor) -> int:
     """Side g0 of the square patch grid of a (1 + g0^2, W) positional table."""
-    n = pos_embed.shape[0] - 1
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ValueError(f"positional embedding with {pos_embed.shape[0]} rows is not 1 + a square grid")
-    return side
+    return grid_side(pos_embed.shape[0] - 1, f"the positional table's {pos_embed.shape[0]} rows minus the CLS row")
 
 
 def interpolate_pos_embed(pos_embed: Tensor, grid: int) -> Tensor:

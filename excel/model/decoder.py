@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from excel.utils.tensors import grid_side
+
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
@@ -29,13 +31,6 @@ class DecoderOutput(NamedTuple):
     seg_logits: Tensor
     fused: Tensor
     attn_pred: Tensor
-
-
-def _grid_side(num_patches: int, what: str) -> int:
-    side = math.isqrt(num_patches)
-    if side * side != num_patches:
-        raise ValueError(f"{what}: {num_patches} patch tokens do not form a square grid (inputs must be square, quirk 21)")
-    return side
 
 
 def attn_pred(fused: Tensor, per_sample: bool = False) -> Tensor:
@@ -95,7 +90,7 @@ class FusionHead(nn.Module):
             raise ValueError(f"FusionHead expects features (L={self.num_layers}, B, N, W={self.in_dim}), "
                              f"got shape {tuple(features.shape)}")
         num_layers, batch, num_tokens, width = features.shape
-        side = _grid_side(num_tokens - 1, "FusionHead")
+        side = grid_side(num_tokens - 1, "FusionHead: the number of patch tokens")
         patches = features[:, :, 1:].reshape(num_layers, batch * (num_tokens - 1), width)
         per_layer = self.layer_mlps(patches)  # (L, B*P, E)
         stacked = per_layer.permute(1, 0, 2).reshape(batch, num_tokens - 1, num_layers * self.embed_dim)

@@ -17,7 +17,8 @@ def grid_side(num_patches: int, what: str = "P") -> int:
     """
     g = math.isqrt(int(num_patches))
     if g * g != num_patches or g == 0:
-        raise ValueError(f"{what} = {num_patches} is not the area of a square patch grid (g * g)")
+        raise ValueError(f"{what} = {num_patches} is not the area of a square grid of patches "
+                         f"(g * g; inputs must be square)")
     return g
 
 

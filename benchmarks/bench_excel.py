@@ -161,17 +161,17 @@ def bare_visual(trainer) -> torch.nn.Module:
 
 # ---------------------------------------------------------------------------------------------- the benchmark
 def workloads(trainer, batch: dict[str, Any], val_items: list[dict[str, Any]]) -> dict[str, Callable[[], Any]]:
-    from excel.cam import make_pseudo_labels
+    from excel.cam import make_pseudo_labels, pseudo_label_kwargs
     from excel.engine.infer_lam import lam_inputs
+    from excel.engine.inference import resize_square
     from excel.engine.train import par_input
-    from excel.engine.validate import resize_square
 
     cfg, model, device = trainer.cfg, trainer.model, trainer.device
     images, cls_labels = batch["image"].to(device), batch["cls_label"].to(device)
     vit = bare_visual(trainer)
     par_images = par_input(images, list(cfg.data.augment.mean), list(cfg.data.augment.std))
-    cam = dict(par=trainer.par, affinity_layers=tuple(cfg.cam.affinity_layers), sinkhorn_iters=cfg.cam.sinkhorn_iters,
-               bg_power=cfg.cam.bg_power)
+    train_cam = pseudo_label_kwargs(cfg, cfg.cam.box_threshold, trainer.par)
+    infer_cam = pseudo_label_kwargs(cfg, cfg.infer.box_threshold, trainer.par)
     with torch.no_grad():
         encoded = model.encode(images)
     lvc_iter = int(cfg.lvc.start_iter)
@@ -194,8 +194,7 @@ def workloads(trainer, batch: dict[str, Any], val_items: list[dict[str, Any]]) -
 
     @torch.no_grad()
     def pseudo() -> Any:
-        return make_pseudo_labels(encoded.lam, encoded.attn, cls_labels, par_images, images.shape[-2:],
-                                  box_threshold=cfg.cam.box_threshold, **cam)
+        return make_pseudo_labels(encoded.lam, encoded.attn, cls_labels, par_images, images.shape[-2:], **train_cam)
 
     def decoder() -> Any:
         model.train()
@@ -209,8 +208,7 @@ def workloads(trainer, batch: dict[str, Any], val_items: list[dict[str, Any]]) -
         for image, cls_label, size in val:
             x = resize_square(image, int(cfg.model.input_size))
             lam, attn, q = lam_inputs(model, x, with_checkpoint=False)
-            make_pseudo_labels(lam, attn, cls_label, x, size, attn_pred=q, box_threshold=cfg.infer.box_threshold,
-                               **cam)
+            make_pseudo_labels(lam, attn, cls_label, x, size, attn_pred=q, **infer_cam)
 
     return {
         "bare": bare,
@@ -233,7 +231,7 @@ def data_seconds(trainer, rounds: int) -> float:
 
 def bf16_effect(trainer, batch: dict[str, Any]) -> dict[str, float]:
     """max |Δ| of the LAM (and the share of changed pseudo-label pixels) between fp32 and bf16 frozen forwards."""
-    from excel.cam import make_pseudo_labels
+    from excel.cam import make_pseudo_labels, pseudo_label_kwargs
     from excel.engine.train import par_input
 
     model, cfg, device = trainer.model, trainer.cfg, trainer.device
@@ -245,9 +243,7 @@ def bf16_effect(trainer, batch: dict[str, Any]) -> dict[str, float]:
             model.frozen_autocast = mode
             enc = model.encode(images)
             labels = make_pseudo_labels(enc.lam, enc.attn, cls_labels, par_images, images.shape[-2:],
-                                        box_threshold=cfg.cam.box_threshold, par=trainer.par,
-                                        affinity_layers=tuple(cfg.cam.affinity_layers),
-                                        sinkhorn_iters=cfg.cam.sinkhorn_iters, bg_power=cfg.cam.bg_power)
+                                        **pseudo_label_kwargs(cfg, cfg.cam.box_threshold, trainer.par))
             results[mode] = (enc.lam.float(), enc.attn.float(), labels)
     model.frozen_autocast = "bf16"
     (lam32, attn32, lab32), (lam16, attn16, lab16) = results["none"], results["bf16"]

@@ -192,6 +192,7 @@ def test_vit_b16_architecture_encodes_320(tiny_cfg):
     vit = model.visual.vit
     assert vit.transformer.resblocks[0].mlp.gelu.__class__.__name__ == "QuickGELU"
     x = images(1, 320, seed=5)
+    model.attn_layers = None               # every layer's weights (by default encode skips the unread ones)
     enc = model.encode(x)
     assert enc.lam.shape == (1, 400, 2) and enc.features.shape == (12, 1, 401, 768)
     assert enc.attn.shape == (12, 1, 401, 401) and enc.dense.shape == (1, 401, 512)
@@ -217,3 +218,24 @@ def test_segment_path_equals_the_full_forward(tiny_cfg, tiny_clip, overrides):
         short = model.segment(x)
         assert model.visual(x, need_attn=False).attn is None
     torch.testing.assert_close(short, full, rtol=1e-4, atol=1e-5)
+
+
+def test_unread_attention_layers_are_skipped_without_changing_pseudo_labels(tiny_cfg, tiny_clip):
+    """encode computes attention weights only for cam.affinity_layers; the pseudo labels stay the same."""
+    from excel.cam import make_pseudo_labels
+
+    model = build_model(tiny(tiny_cfg, **{"tse.enabled": False}), tiny_clip).eval()
+    assert model.attn_layers == frozenset(range(6, 12))
+    x = images(2, 64, seed=4)
+    with torch.no_grad():
+        lean = model.encode(x)
+        model.attn_layers = None
+        full = model.encode(x)
+    assert lean.attn.shape == full.attn.shape == (12, 2, 17, 17)
+    assert torch.equal(lean.attn[:6], torch.zeros_like(lean.attn[:6]))
+    torch.testing.assert_close(lean.attn[6:], full.attn[6:], rtol=0, atol=1e-6)
+    torch.testing.assert_close(lean.lam, full.lam, rtol=0, atol=1e-6)
+    cls = torch.tensor([[1.0] * 3 + [0.0] * 17, [0.0] * 5 + [1.0] * 2 + [0.0] * 13])
+    a = make_pseudo_labels(lean.lam, lean.attn, cls, x / 255, (64, 64), affinity_layers=range(6, 12))
+    b = make_pseudo_labels(full.lam, full.attn, cls, x / 255, (64, 64), affinity_layers=range(6, 12))
+    assert torch.equal(a, b)

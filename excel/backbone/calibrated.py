@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ class VisualOutput:
 
     tokens: (B, N, D) Y of algorithm.md §1.5 (ln_post + proj of S_11 with O_11's CLS row), not normalised.
     attn: (L, B, N, N) reported attention stack: head mean in plain blocks, head sum in calibrated ones (1.4);
-        None from ``forward(..., need_attn=False)``.
+        None from ``forward(..., need_attn=False)``; layers left out of ``forward(..., attn_layers=...)`` hold zeros.
     features: (L, B, N, W) decoder inputs F_0..F_{L-1} (§1.6: aliased by default, O_0..O_{L-1} when clean).
     new_tokens: (B, N, W) S_11 with O_11's CLS row, before ln_post.
     project: maps (B, N, W) new tokens to (B, N, D) (ln_post, then the projection).
@@ -124,7 +124,8 @@ class CalibratedVisual(nn.Module):
         return self.vit.ln_pre(x)
 
     @torch.no_grad()
-    def forward(self, images: Tensor, ex_bias: Tensor | None = None, need_attn: bool = True) -> VisualOutput:
+    def forward(self, images: Tensor, ex_bias: Tensor | None = None, need_attn: bool = True,
+                attn_layers: Collection[int] | None = None) -> VisualOutput:
         """Run the dual-path CLIP tower.
 
         Args:
@@ -134,6 +135,8 @@ class CalibratedVisual(nn.Module):
                 ``new_tokens`` and ``lvc_basis`` without a second pass.
             need_attn: False skips the attention weights (fused attention kernels instead; ``attn`` is None):
                 what segmentation inference needs.
+            attn_layers: the layers whose weights are read (None: all); the others run fused attention and
+                hold zeros in ``attn``, which keeps its (L, B, N, N) shape.
         Returns:
             VisualOutput (see its docstring for shapes).
         """
@@ -145,14 +148,17 @@ class CalibratedVisual(nn.Module):
         new_path = None
         for i, blk in enumerate(self.vit.transformer.resblocks):
             u = blk.ln_1(x)
+            want = need_attn and (attn_layers is None or i in attn_layers)
             if i < self.first_svc:
-                x_ori, weights = blk.attn(u, u, u, need_weights=need_attn, average_attn_weights=True)
+                x_ori, weights = blk.attn(u, u, u, need_weights=want, average_attn_weights=True)
             else:
-                x_ori, weights, x_new, v = self._dual_attention(blk, u, reduce, ex_bias, need_attn)
+                x_ori, weights, x_new, v = self._dual_attention(blk, u, reduce, ex_bias, want)
                 new_path = (x if new_path is None else new_path) + x_new
                 values.append(v[:, 1:])                  # stacked (copied) below
             a = x + x_ori
             x = a + blk.mlp(blk.ln_2(a))
+            if need_attn and weights is None:                       # a layer nobody reads
+                weights = x.new_zeros(x.shape[0], x.shape[1], x.shape[1])
             attn.append(weights)
             mids.append(a)
             outs.append(x)

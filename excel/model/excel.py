@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -73,7 +73,8 @@ class ExCEL(nn.Module):
 
     def __init__(self, visual: CalibratedVisual, decoder: nn.Module, text_bank: Tensor, num_fg: int,
                  temperature: float = 2.0, normalize_over: str = "tokens", per_sample_mean: bool = False,
-                 meta: dict[str, Any] | None = None, frozen_autocast: str = "none") -> None:
+                 meta: dict[str, Any] | None = None, frozen_autocast: str = "none",
+                 attn_layers: Sequence[int] | None = None) -> None:
         super().__init__()
         if text_bank.dim() != 2 or text_bank.shape[1] != visual.output_dim:
             raise ValueError(f"text bank must be (K, {visual.output_dim}), got {tuple(text_bank.shape)}")
@@ -82,6 +83,8 @@ class ExCEL(nn.Module):
         if frozen_autocast not in FROZEN_AUTOCAST:
             raise ValueError(f"model.clip.autocast={frozen_autocast!r}: expected one of {FROZEN_AUTOCAST}")
         self.frozen_autocast = frozen_autocast
+        # the attention layers the pseudo labels read (cam.affinity_layers); the others skip their weights
+        self.attn_layers = None if attn_layers is None else frozenset(int(l) % visual.num_layers for l in attn_layers)
         self.visual = visual
         self.decoder = decoder
         self.register_buffer("text_bank", text_bank.detach().clone(), persistent=False)
@@ -138,13 +141,13 @@ class ExCEL(nn.Module):
         device_type = images.device.type
         if self.frozen_autocast == "bf16" and device_type == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                vis = self.visual(images)
+                vis = self.visual(images, attn_layers=self.attn_layers)
             vis = _float32(vis)
         else:
             # model.clip.autocast alone sets the frozen tower's precision: a caller's autocast (train.amp, meant
             # for the decoder) does not reach it
             with torch.autocast(device_type, enabled=False):
-                vis = self.visual(images.float())
+                vis = self.visual(images.float(), attn_layers=self.attn_layers)
         with torch.autocast(device_type, enabled=False):
             lam, dense = self._lam(vis.tokens)
         return EncodeOutput(lam=lam, attn=vis.attn, features=vis.features, dense=dense, visual=vis)
@@ -262,4 +265,5 @@ def build_model(cfg: Any, clip_model: nn.Module | None = None, mode: str = "trai
                  temperature=float(cfg.cam.temperature),
                  normalize_over="channels" if cfg.quirks.channel_normalize else "tokens",
                  per_sample_mean=bool(cfg.quirks.per_sample_batch_mean), meta=meta,
-                 frozen_autocast=str(cfg.model.clip.autocast))
+                 frozen_autocast=str(cfg.model.clip.autocast),
+                 attn_layers=tuple(cfg.cam.affinity_layers) if cfg.cam.affinity_refine else ())

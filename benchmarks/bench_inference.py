@@ -32,16 +32,18 @@ from excel.evaluation.crf import kept_labels
 COCO_VAL_IMAGES = 40137
 
 
-def many_label_scores(num_classes: int, h: int, w: int, seed: int = 0,
-                      sharp: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+def many_label_scores(num_classes: int, h: int, w: int, seed: int = 0, sharp: float = 3.0,
+                      box: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """An (H, W, 3) uint8 image and (C, H, W) softmax scores: smooth random logits (8x8-pixel cells), background and
-    three other classes lifted everywhere and each winning in its own box, sharpened by ``sharp``."""
+    three other classes lifted everywhere and each winning in its own ``box`` (default a third of each side),
+    sharpened by ``sharp``. tests/test_crf.py draws its cases from here too."""
     rng = np.random.default_rng(seed)
+    bh, bw = box if box is not None else (h // 3, w // 3)
     lab = np.zeros((h, w), dtype=np.int64)
     dominant = np.concatenate([[0], rng.choice(np.arange(1, num_classes), 3, replace=False)])
     for c in dominant[1:]:
-        y, x = rng.integers(0, h - h // 3), rng.integers(0, w - w // 3)
-        lab[y:y + h // 3, x:x + w // 3] = c
+        y, x = rng.integers(0, h - bh), rng.integers(0, w - bw)
+        lab[y:y + bh, x:x + bw] = c
     image = np.clip(rng.integers(0, 256, (num_classes, 3))[lab] + rng.normal(0, 20, (h, w, 3)), 0, 255)
     logits = rng.normal(0, 1, (num_classes, h // 8 + 1, w // 8 + 1)).repeat(8, 1).repeat(8, 2)[:, :h, :w]
     logits = logits + rng.normal(0, 0.3, (num_classes, h, w))

@@ -2,11 +2,17 @@
 returns what the inline call returns."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from excel.evaluation import CRF_DEFAULTS, CRFPool, crf_params, dense_crf
 from excel.evaluation.crf import kept_labels
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from bench_inference import many_label_scores  # noqa: E402
 
 
 def two_region_case(seed: int = 0, h: int = 36, w: int = 44):
@@ -91,22 +97,9 @@ def test_dense_crf_accepts_a_read_only_image():
 
 def many_label_case(seed: int, num_classes: int, h: int = 40, w: int = 48, sharp: float = 3.0):
     """Sharpened random logits (smooth 8x8-cell noise + a little pixel noise) where background and three other
-    classes dominate, each winning inside its own box; the image colours follow the boxes."""
-    rng = np.random.default_rng(seed)
-    lab = np.zeros((h, w), dtype=np.int64)
-    dominant = np.concatenate([[0], rng.choice(np.arange(1, num_classes), 3, replace=False)])
-    for c in dominant[1:]:
-        y, x = rng.integers(0, h - 14), rng.integers(0, w - 16)
-        lab[y:y + 14, x:x + 16] = c
-    colours = rng.integers(0, 256, (num_classes, 3))
-    image = np.clip(colours[lab] + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
-    logits = rng.normal(0, 1, (num_classes, h // 8 + 1, w // 8 + 1)).repeat(8, 1).repeat(8, 2)[:, :h, :w]
-    logits = logits + rng.normal(0, 0.3, (num_classes, h, w))
-    logits[dominant] += 4.0
-    logits[lab, np.arange(h)[:, None], np.arange(w)] += 3.0
-    z = sharp * logits
-    p = np.exp(z - z.max(0))
-    return image, (p / p.sum(0)).astype(np.float32)
+    classes dominate, each winning inside its own 14 x 16 box; the image colours follow the boxes (the CRF
+    benchmark's generator)."""
+    return many_label_scores(num_classes, h, w, seed=seed, sharp=sharp, box=(14, 16))
 
 
 def test_pruned_crf_equals_full_when_dropped_labels_are_tiny():

@@ -21,7 +21,6 @@ __all__ = ["init_distributed", "is_distributed", "get_rank", "get_world_size", "
            "all_reduce_sum", "broadcast_object", "all_gather_object", "group_device", "cleanup", "local_device"]
 
 T = TypeVar("T")
-_GROUP_DEVICE = torch.device("cpu")
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
@@ -57,7 +56,6 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> tuple[
     resolved = _rank_device(device, world_size, local_rank)
     if backend is None:
         backend = "nccl" if resolved.type == "cuda" else "gloo"
-    global _GROUP_DEVICE
     device_id = None
     if backend == "nccl":
         if resolved.type != "cuda":
@@ -66,7 +64,6 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> tuple[
         torch.cuda.set_device(device_id)
     tdist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
                              device_id=device_id)
-    _GROUP_DEVICE = resolved if backend == "nccl" else torch.device("cpu")
     log.info("joined process group: backend %s, rank %d/%d, local rank %d, device %s", backend, rank, world_size,
              local_rank, resolved)
     return rank, world_size, local_rank
@@ -88,7 +85,9 @@ def _rank_device(spec: str, world_size: int, local_rank: int) -> torch.device:
 
 def group_device() -> torch.device:
     """The device the process group's collectives run on: this process's GPU under nccl, else the CPU."""
-    return _GROUP_DEVICE if is_distributed() else torch.device("cpu")
+    if is_distributed() and tdist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())   # set by init_distributed for this rank
+    return torch.device("cpu")
 
 
 def is_distributed() -> bool:
@@ -166,7 +165,5 @@ def all_gather_object(obj: T) -> list[T]:
 
 def cleanup() -> None:
     """Leave the process group, if one was joined."""
-    global _GROUP_DEVICE
     if is_distributed():
         tdist.destroy_process_group()
-    _GROUP_DEVICE = torch.device("cpu")

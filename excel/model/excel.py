@@ -135,20 +135,20 @@ class ExCEL(nn.Module):
         dense = normalize_tokens(tokens, over=self.normalize_over)
         return feature_surgery_lam(dense, self.text_bank, self.num_fg, self.temperature), dense
 
+    def _frozen_visual(self, images: Tensor, **kwargs: Any) -> VisualOutput:
+        """The frozen tower in the precision ``model.clip.autocast`` says, whatever autocast the caller runs
+        under (``train.amp`` is meant for the decoder); the outputs are float32 either way."""
+        if self.frozen_autocast == "bf16" and images.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return _float32(self.visual(images, **kwargs))
+        with torch.autocast(images.device.type, enabled=False):
+            return self.visual(images.float(), **kwargs)
+
     @torch.no_grad()
     def encode(self, images: Tensor) -> EncodeOutput:
         """images (B, 3, H, H) normalised -> EncodeOutput (LAM, attention stack, decoder features)."""
-        device_type = images.device.type
-        if self.frozen_autocast == "bf16" and device_type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                vis = self.visual(images, attn_layers=self.attn_layers)
-            vis = _float32(vis)
-        else:
-            # model.clip.autocast alone sets the frozen tower's precision: a caller's autocast (train.amp, meant
-            # for the decoder) does not reach it
-            with torch.autocast(device_type, enabled=False):
-                vis = self.visual(images.float(), attn_layers=self.attn_layers)
-        with torch.autocast(device_type, enabled=False):
+        vis = self._frozen_visual(images, attn_layers=self.attn_layers)
+        with torch.autocast(images.device.type, enabled=False):
             lam, dense = self._lam(vis.tokens)
         return EncodeOutput(lam=lam, attn=vis.attn, features=vis.features, dense=dense, visual=vis)
 
@@ -156,15 +156,7 @@ class ExCEL(nn.Module):
     def segment(self, images: Tensor) -> Tensor:
         """images (B, 3, H, H) -> seg_logits (B, C, g, g): only what the logits need (fused attention kernels, no
         attention weights, no LAM); equal to ``forward(images).seg_logits`` up to float rounding."""
-        device_type = images.device.type
-        if self.frozen_autocast == "bf16" and device_type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                features = self.visual(images, need_attn=False).features
-            features = features.float()
-        else:
-            with torch.autocast(device_type, enabled=False):
-                features = self.visual(images.float(), need_attn=False).features
-        return self.decoder(features)[0]
+        return self.decoder(self._frozen_visual(images, need_attn=False).features)[0]
 
     def forward(self, images: Tensor) -> ForwardOutput:
         """images (B, 3, H, H) -> ForwardOutput; gradients flow into the decoder only."""

@@ -221,7 +221,6 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
             raise ValueError(f"{ckpt_path} was written with other settings {state.get('config')}; "
                              f"use another work dir or the same settings")
         model.load_state_dict(state["model"])
-        model.to(dev)
         optimizer.load_state_dict(state["optimizer"])
         step, seen, history, elapsed = state["step"], state["seen"], state["history"], state["elapsed"]
         log.info("resumed from %s at step %d", ckpt_path, step)

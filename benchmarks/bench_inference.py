@@ -8,7 +8,8 @@ ViT-B/16 random init (model.clip.pretrained=null), the dataset config's scales a
 the given size; the CRF runs on the softmax of the averaged logits at full resolution with the reference settings.
 Then the CRF alone, full against pruned (``infer.crf_params.prune_below``), at 21 and 81 labels on sharpened random
 logits where background and three classes dominate, with the projected CRF wall time of COCO val (40,137 images) on
-``--crf-workers`` processes. With ``--trained``, the same full-against-pruned comparison on the MS+flip outputs of
+``--crf-workers`` processes, and a fit of the CRF's cost as a fixed part plus a part per label (the floor of
+what pruning can reach). With ``--trained``, the same full-against-pruned comparison on the MS+flip outputs of
 a trained decoder over ``--images`` images of a generated dataset (``tools/make_synthetic.py``; the organism run of
 ``benchmarks/organism_eval.py`` leaves both), the realistic case.
 """
@@ -73,6 +74,23 @@ def crf_pruning(h: int, w: int, repeats: int, workers: int) -> dict[str, dict[st
               f"COCO val ({COCO_VAL_IMAGES} images) on {workers} CRF workers: full {row['coco_val_full_h']:.2f} h, "
               f"pruned {row['coco_val_pruned_h']:.2f} h", flush=True)
     return out
+
+
+def crf_cost_model(h: int, w: int, repeats: int, counts: Sequence[int] = (2, 4, 8, 16)) -> dict[str, float]:
+    """Fit the CRF's seconds per image as ``fixed + per_label * K`` over ``counts`` labels and print what pruning
+    can reach at best: the fixed part (building the Gaussian and bilateral lattices, the per-pass overhead) does
+    not shrink with the labels, so even background plus one class costs ``fixed + 2 * per_label``."""
+    rgb, probs = many_label_scores(max(counts), h, w)
+    times = [_median_time(lambda k=k: dense_crf(rgb, probs[:k]), repeats) for k in counts]
+    per_label, fixed = np.polyfit(np.asarray(counts, float), np.asarray(times), 1)
+    row = {"fixed_s": float(fixed), "per_label_s": float(per_label)}
+    for num_classes in (21, 81):
+        row[f"best_ratio_{num_classes}"] = float((fixed + 2 * per_label) / (fixed + num_classes * per_label))
+    print(f"CRF cost model, {h}x{w}: {fixed:.2f} s whatever the labels + {per_label:.3f} s per label (fit over "
+          f"{list(counts)} labels: {', '.join(f'{t:.2f}' for t in times)} s); background plus one class is the "
+          f"least pruning can leave: {row['best_ratio_21']:.2f}x the full CRF at 21 labels, "
+          f"{row['best_ratio_81']:.2f}x at 81", flush=True)
+    return row
 
 
 def trained_crf_pruning(checkpoint: str, data_root: str, split: str, images: int) -> dict[str, float]:
@@ -157,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         print(f"{name}: scales {list(cfg.infer.scales)}, flip at 1.0 {cfg.infer.flip_at_unit_scale}, "
               f"{probs.shape[0]} classes, {h}x{w}: MS+flip {ms:.2f} s/image, CRF {crf:.2f} s/image", flush=True)
     results.update(crf_pruning(h, w, args.repeats, args.crf_workers))
+    results["crf_cost_model"] = crf_cost_model(h, w, args.repeats)
     if args.trained:
         if not args.data:
             parser.error("--trained needs --data (the dataset root the checkpoint's classes belong to)")

@@ -161,3 +161,24 @@ def test_crf_pool_passes_prune_below_and_ships_only_kept_labels():
     sub = np.ascontiguousarray(probs[keep], dtype=np.float32)
     np.testing.assert_array_equal(_crf_job(image, sub, keep, 21, crf_params({"iter_max": 4}), True),
                                   expected.argmax(0))
+
+
+def test_background_only_image_skips_the_crf_and_matches_pydensecrf():
+    import pydensecrf.densecrf as dcrf
+
+    image, _, _ = two_region_case(seed=4, h=18, w=22)
+    rng = np.random.default_rng(4)
+    probs = rng.uniform(0.0, 0.08, size=(21, 18, 22)).astype(np.float32)  # no class reaches 0.1 anywhere
+    probs[0] = 1.0 - probs[1:].sum(0) / 4
+    np.testing.assert_array_equal(kept_labels(probs, 0.1), [0])
+    q = dense_crf(image, probs, iter_max=3, prune_below=0.1)
+    assert q.shape == (21, 18, 22) and q.dtype == np.float32
+    np.testing.assert_array_equal(q[0], 1.0)
+    np.testing.assert_array_equal(q[1:], 0.0)
+    # pydensecrf itself, with the single label, gives the same marginals (the shortcut is exact)
+    crf = dcrf.DenseCRF2D(22, 18, 1)
+    crf.setUnaryEnergy(np.ascontiguousarray(-np.log(probs[:1]).reshape(1, -1)))
+    crf.addPairwiseGaussian(sxy=1, compat=3)
+    crf.addPairwiseBilateral(sxy=67, srgb=3, rgbim=np.ascontiguousarray(image), compat=4)
+    np.testing.assert_allclose(np.asarray(crf.inference(3)).reshape(18, 22), q[0], atol=1e-6)
+    assert (dense_crf(image, probs, iter_max=3).argmax(0) == 0).all()  # the full CRF agrees: all background

@@ -51,6 +51,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, iter_max: int = 10, pos_xy_s
         iter_max, pos_*, bi_*: kernel settings (reference: 10, sxy 1 / compat 3, sxy 67 / srgb 3 / compat 4).
         prune_below: run the CRF over :func:`kept_labels` only (background and the labels reaching this probability
             somewhere), which is much faster with many labels; the dropped labels get Q = 0. None: every label.
+            An image where only background is kept costs nothing (one label: Q = 1 everywhere, exactly).
     Returns:
         Q (C, H, W) float32, the approximate marginals (each pixel sums to 1).
     """
@@ -67,6 +68,8 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, iter_max: int = 10, pos_xy_s
     num_classes, h, w = probs.shape
     if unary not in ("softmax", "raw"):
         raise ValueError(f"unary must be 'softmax' or 'raw', got {unary!r}")
+    if num_classes == 1:  # one label: every pixel's marginal is 1 whatever the kernels say; skip the lattices
+        return np.ones((1, h, w), dtype=np.float32)
     keep = kept_labels(probs, prune_below, unary)
     if len(keep) < num_classes:
         q = np.zeros((num_classes, h, w), dtype=np.float32)

@@ -19,16 +19,34 @@ def world_parser(description: str, out: str, skip_help: str) -> argparse.Argumen
     parser.add_argument("--num-train", type=int, default=500)
     parser.add_argument("--num-val", type=int, default=100)
     parser.add_argument("--skip-training", action="store_true", help=skip_help)
+    parser.add_argument("--object-scale", type=float, default=1.0,
+                        help="object size factor of the generated world (1.0: the world the organism learned)")
+    parser.add_argument("--weights", default="organism",
+                        help="organism weights: 'organism' (shipped) or a file from tools/pretrain_organism.py")
     return parser
 
 
-def make_data(root: Path, seed: int, num_train: int, num_val: int) -> Path:
+def world_run(args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
+    """From :func:`world_parser`'s arguments: the run folder (``<out>/seed<S>``, tagged with a non-default object
+    scale or weight file), its data (generated on first use) and the config overrides that select the weights."""
+    tag = f"seed{args.seed}"
+    if args.object_scale != 1.0:
+        tag += f"_objects{args.object_scale:g}"
+    if args.weights != "organism":
+        tag += f"_{Path(args.weights).stem}"
+    out = Path(args.out).resolve() / tag
+    data = make_data(out / "data", args.seed, args.num_train, args.num_val, args.object_scale)
+    weights = args.weights if args.weights == "organism" else str(Path(args.weights).resolve())
+    return out, data, [f"model.clip.pretrained={weights}"]
+
+
+def make_data(root: Path, seed: int, num_train: int, num_val: int, object_scale: float = 1.0) -> Path:
     """The world's data for ``seed`` (reused when ``root`` already holds it)."""
     from excel.data.synthetic import WORLD_SIZE, make_synthetic_voc
 
     if not (root / "lists" / "val.txt").is_file():
         make_synthetic_voc(root, num_train=num_train, num_val=num_val, num_test=0, size=WORLD_SIZE, seed=seed,
-                           progress=True)
+                           progress=True, object_scale=object_scale)
     return root
 
 

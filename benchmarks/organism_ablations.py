@@ -3,6 +3,7 @@ off, affinity refinement off, PAR off, and every configs/ablations/ file) and of
 standard organism training (full, LVC off, affinity loss off).
 
     python benchmarks/organism_ablations.py [--seed 2026] [--out work_dirs/organism_ablations] [--skip-training]
+                                            [--object-scale 1.0] [--weights organism|FILE]
 
 About 45 minutes on 2 CPU cores (three trainings); --skip-training gives the training-free half in about 10.
 """
@@ -45,15 +46,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                              "to score instead of training the full row again")
     args = parser.parse_args(argv)
     org.quiet()
-    out = Path(args.out).resolve() / f"seed{args.seed}"
-    data = org.make_data(out / "data", args.seed, args.num_train, args.num_val)
+    out, data, weights = org.world_run(args)
     rows: list[tuple[str, str, float]] = []
     runs = [(name, [], overrides) for name, overrides in SWITCHES.items()]
     runs += [(f"ablations/{p.name}", [p], []) for p in sorted((CONFIG_DIR / "ablations").glob("*.yaml"))]
     full_flat = None
     for name, layers, overrides in runs:
         slug = name.replace("/", "_").replace(" ", "_")
-        cfg = org.organism_config(data, out / "train_full", layers, overrides)
+        cfg = org.organism_config(data, out / "train_full", layers, [*weights, *overrides])
         flat = _flatten(OmegaConf.to_container(cfg))
         full_flat = full_flat or flat
         changed = [k for k in flat if flat[k] != full_flat.get(k)]
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if not args.skip_training:
         for name, overrides in TRAINING.items():
             slug = name.replace(" ", "_")
-            cfg = org.organism_config(data, out / f"train_{slug}", overrides=overrides)
+            cfg = org.organism_config(data, out / f"train_{slug}", overrides=[*weights, *overrides])
             reuse = args.full_checkpoint if name == "full" else None
             miou = org.train_and_segment(cfg, crf=False, checkpoint=reuse)["seg_miou"]
             rows.append(("segmentation after training (MS+flip)", name, miou))

@@ -50,6 +50,13 @@ def test_resume_gives_the_same_model(tmp_path):
     assert straight["zero_shot_map"] == pytest.approx(resumed["zero_shot_map"])
     with pytest.raises(ValueError, match="other settings"):
         pretrain(PretrainConfig(**{**TINY, "lr": 0.5}), tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        pretrain(PretrainConfig(**{**TINY, "object_scale": 2.0}), tmp_path / "b", progress=False)
+    # a checkpoint written before a setting existed resumes with that setting at its default
+    from excel.organism.pretrain import _identity
+    old = {k: v for k, v in ckpt["config"].items() if k != "object_scale"}
+    assert _identity(old) == _identity(ckpt["config"])
+    assert _identity(old) != _identity({**ckpt["config"], "object_scale": 2.0})
 
 
 def test_weight_file_round_trip_and_refusals(tmp_path, tiny_clip):

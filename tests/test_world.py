@@ -54,6 +54,23 @@ def test_render_is_a_function_of_the_generator():
     assert not np.array_equal(a.image, c.image)
 
 
+def test_object_scale_grows_the_objects_only():
+    def scenes(world):
+        return [world.render(np.random.default_rng([11, i]), 160, 200, classes=[i % 20]) for i in range(20)]
+
+    base, same, big = scenes(World()), scenes(World(object_scale=1.0)), scenes(World(object_scale=2.0))
+    assert all(np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask) for a, b in zip(base, same))
+    # one object per scene, so nothing hides it: its side doubles, its area about quadruples (capped at the short
+    # side, and the shapes' own proportions vary with the side only through rounding)
+    area = np.array([(s.mask > 0).sum() for s in base], float)
+    area2 = np.array([(s.mask > 0).sum() for s in big], float)
+    assert np.median(area2 / area) > 3.0 and (area2 > area).all()
+    assert [s.classes for s in big] == [s.classes for s in base] == [[i % 20] for i in range(20)]
+    assert [s.stuff for s in big] == [s.stuff for s in base]          # same draws: the same background
+    with pytest.raises(ValueError, match="object_scale"):
+        World(object_scale=0.0)
+
+
 def test_captions_name_the_classes_and_use_pipeline_words():
     world = World()
     rng = np.random.default_rng(0)

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-test", type=int, default=20, help="test images, no masks (VOC layout only)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the scenes")
     parser.add_argument("--coco", action="store_true", help="COCO 2014 layout with the 80 COCO classes")
+    parser.add_argument("--object-scale", type=float, default=1.0,
+                        help="object size factor (1.0: the world the shipped organism learned)")
     args = parser.parse_args(argv)
     if min(args.num_train, args.num_val, args.num_test) < 0:
         raise UsageError(f"image counts must be >= 0, got --num-train {args.num_train} --num-val {args.num_val} "
@@ -35,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--root {args.root}: exists and is not a folder")
     if args.coco:
         root = make_synthetic_coco(args.root, num_train=args.num_train, num_val=args.num_val, size=WORLD_SIZE,
-                                   seed=args.seed, progress=True)
+                                   seed=args.seed, progress=True, object_scale=args.object_scale)
     else:
         root = make_synthetic_voc(args.root, num_train=args.num_train, num_val=args.num_val,
-                                  num_test=args.num_test, size=WORLD_SIZE, seed=args.seed, progress=True)
+                                  num_test=args.num_test, size=WORLD_SIZE, seed=args.seed, progress=True,
+                                  object_scale=args.object_scale)
     print(f"wrote {args.num_train} train / {args.num_val} val images of the generated world to {root}")
     return 0
 

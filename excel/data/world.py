@@ -306,9 +306,18 @@ class Scene:
 
 
 class World:
-    """A world of ``class_names`` (default: the 20 VOC classes) with the VOC prompt names for captions."""
+    """A world of ``class_names`` (default: the 20 VOC classes) with the VOC prompt names for captions.
 
-    def __init__(self, class_names: Sequence[str] | None = None, prompt_names: Sequence[str] | None = None):
+    ``object_scale`` multiplies every object's side (the :data:`SIZES` ranges; capped at the image's short side).
+    1.0 is the world the shipped organism learned; the random draws are the same at any scale, so a scene differs
+    across scales only in its objects' sizes (and in what they hide).
+    """
+
+    def __init__(self, class_names: Sequence[str] | None = None, prompt_names: Sequence[str] | None = None,
+                 object_scale: float = 1.0):
+        if not 0.0 < float(object_scale) <= 4.0:
+            raise ValueError(f"object_scale must be in (0, 4], got {object_scale}")
+        self.object_scale = float(object_scale)
         self.signatures = signatures_for(class_names or [s.name for s in VOC_SIGNATURES])
         self.class_names = [s.name for s in self.signatures]
         if prompt_names is None:
@@ -367,7 +376,7 @@ class World:
         drawn: dict[int, int] = {}
         for c in classes:
             sig = self.signatures[c]
-            m = _shape_mask(rng, sig.shape, rng.uniform(*SIZES[sig.size]) * short)
+            m = _shape_mask(rng, sig.shape, min(rng.uniform(*SIZES[sig.size]) * self.object_scale, 1.0) * short)
             bh, bw = min(m.shape[0], h), min(m.shape[1], w)
             m = m[:bh, :bw]
             y0, x0 = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))

@@ -46,6 +46,7 @@ class PretrainConfig:
     warmup: int = 200
     seed: int = 0
     crop_prob: float = 0.5          # share of pairs seen through a random square crop
+    object_scale: float = 1.0       # the world's object size factor (excel.data.world.World)
     eval_every: int = 250
     eval_images: int = 256
     ckpt_every: int = 100
@@ -154,8 +155,10 @@ _BOOKKEEPING = ("eval_every", "eval_images", "ckpt_every", "num_workers")
 
 
 def _identity(config: dict) -> dict:
-    """The settings that decide the trained weights (a resume may change how often it evaluates or saves)."""
-    return {k: v for k, v in config.items() if k not in _BOOKKEEPING}
+    """The settings that decide the trained weights (a resume may change how often it evaluates or saves);
+    a setting added since a checkpoint was written counts at its default."""
+    full = {**asdict(PretrainConfig()), **config}
+    return {k: v for k, v in full.items() if k not in _BOOKKEEPING}
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -208,7 +211,7 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
     model.requires_grad_(True)
     model.train()
     tokenizer = load_tokenizer(cfg.model)
-    world = World()
+    world = World(object_scale=cfg.object_scale)
     model.to(dev)
     optimizer = build_optimizer(model, cfg)
     seen = torch.zeros(model.token_embedding.num_embeddings, dtype=torch.bool)

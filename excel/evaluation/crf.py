@@ -10,7 +10,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 CRF_DEFAULTS = {"iter_max": 10, "pos_xy_std": 1, "pos_w": 3, "bi_xy_std": 67, "bi_rgb_std": 3, "bi_w": 4,
-                "prune_below": 0.1}
+                "prune_below": 0.05}
 
 
 def kept_labels(probs: np.ndarray, prune_below: float | None, unary: str = "softmax") -> np.ndarray:
@@ -38,6 +38,52 @@ def kept_labels(probs: np.ndarray, prune_below: float | None, unary: str = "soft
     return np.flatnonzero(keep)
 
 
+def _energy(probs: np.ndarray, unary: str) -> np.ndarray:
+    """(C, H, W) scores -> float32 unary energies as the CRF sees them."""
+    if unary == "softmax":
+        return -np.log(np.clip(probs.astype(np.float32), 1e-5, 1.0))
+    return probs.astype(np.float32)
+
+
+def rest_energy(energy: np.ndarray) -> np.ndarray:
+    """(D, H, W) energies of the dropped labels -> (H, W) energy of their union, -log(sum exp(-E)): for the
+    softmax unary, -log of the summed (clipped) probabilities the full CRF would see."""
+    low = energy.min(0)
+    return low - np.log(np.exp(low[None] - energy).sum(0))
+
+
+def _rest_of(probs: np.ndarray, dropped: np.ndarray, unary: str) -> tuple[np.ndarray, np.ndarray]:
+    """The dropped labels' union: its (H, W) energy and each dropped label's (D, H, W) share of it (summing to 1);
+    in probability space for the softmax unary (one pass over the dropped planes, no log or exp of each)."""
+    if unary == "softmax":
+        seen = np.clip(probs[dropped].astype(np.float32), 1e-5, 1.0)
+        total = seen.sum(0)
+        seen /= total
+        return -np.log(total), seen
+    energy = probs[dropped].astype(np.float32)
+    rest = rest_energy(energy)
+    return rest, np.exp(rest[None] - energy)
+
+
+def _mean_field(image: np.ndarray, energy: np.ndarray, iter_max: int, pos_xy_std: float, pos_w: float,
+                bi_xy_std: float, bi_rgb_std: float, bi_w: float, free_last: bool) -> np.ndarray:
+    """pydensecrf's mean field on (K, H, W) energies -> Q (K, H, W). ``free_last``: the last label takes no part
+    in the pairwise terms (a diagonal compatibility with 0 there; -w elsewhere is exactly the Potts model)."""
+    import pydensecrf.densecrf as dcrf
+
+    num, h, w = energy.shape
+    crf = dcrf.DenseCRF2D(w, h, num)
+    crf.setUnaryEnergy(np.ascontiguousarray(energy.reshape(num, -1), dtype=np.float32))
+    pos, bi = pos_w, bi_w
+    if free_last:
+        joins = np.ones(num, dtype=np.float32)
+        joins[-1] = 0.0
+        pos, bi = -pos_w * joins, -bi_w * joins
+    crf.addPairwiseGaussian(sxy=pos_xy_std, compat=pos)
+    crf.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=np.ascontiguousarray(image), compat=bi)
+    return np.asarray(crf.inference(int(iter_max)), dtype=np.float32).reshape(num, h, w)
+
+
 def dense_crf(image: np.ndarray, probs: np.ndarray, iter_max: int = 10, pos_xy_std: float = 1, pos_w: float = 3,
               bi_xy_std: float = 67, bi_rgb_std: float = 3, bi_w: float = 4, unary: str = "softmax",
               prune_below: float | None = None) -> np.ndarray:
@@ -50,13 +96,13 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, iter_max: int = 10, pos_xy_s
             ``unary="raw"``: ``probs`` already is the unary energy and is used as is.
         iter_max, pos_*, bi_*: kernel settings (reference: 10, sxy 1 / compat 3, sxy 67 / srgb 3 / compat 4).
         prune_below: run the CRF over :func:`kept_labels` only (background and the labels reaching this probability
-            somewhere), which is much faster with many labels; the dropped labels get Q = 0. None: every label.
-            An image where only background is kept costs nothing (one label: Q = 1 everywhere, exactly).
+            somewhere), which is much faster with many labels. The dropped labels join one extra "rest" label
+            (their summed probability, :func:`rest_energy`) that keeps each pixel's normalisation as in the full
+            CRF but takes no part in the pairwise terms (each dropped label alone is too faint to pull its
+            neighbours); they share its marginal in proportion to their scores. None: every label.
     Returns:
         Q (C, H, W) float32, the approximate marginals (each pixel sums to 1).
     """
-    import pydensecrf.densecrf as dcrf
-
     image = np.asarray(image)
     if not image.flags.writeable:  # pydensecrf needs a writable buffer (np.asarray of a PIL image is read-only)
         image = image.copy()
@@ -68,23 +114,38 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, iter_max: int = 10, pos_xy_s
     num_classes, h, w = probs.shape
     if unary not in ("softmax", "raw"):
         raise ValueError(f"unary must be 'softmax' or 'raw', got {unary!r}")
-    if num_classes == 1:  # one label: every pixel's marginal is 1 whatever the kernels say; skip the lattices
+    kernel = dict(iter_max=iter_max, pos_xy_std=pos_xy_std, pos_w=pos_w, bi_xy_std=bi_xy_std,
+                  bi_rgb_std=bi_rgb_std, bi_w=bi_w)
+    if num_classes == 1:  # one label: every pixel's marginal is 1 whatever the kernels say
         return np.ones((1, h, w), dtype=np.float32)
     keep = kept_labels(probs, prune_below, unary)
-    if len(keep) < num_classes:
-        q = np.zeros((num_classes, h, w), dtype=np.float32)
-        q[keep] = dense_crf(image, probs[keep], iter_max, pos_xy_std, pos_w, bi_xy_std, bi_rgb_std, bi_w, unary)
-        return q
-    if unary == "softmax":
-        energy = -np.log(np.clip(probs.astype(np.float32), 1e-5, 1.0))
-    elif unary == "raw":
-        energy = probs.astype(np.float32)
-    crf = dcrf.DenseCRF2D(w, h, num_classes)
-    crf.setUnaryEnergy(np.ascontiguousarray(energy.reshape(num_classes, -1), dtype=np.float32))
-    crf.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w)
-    crf.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=np.ascontiguousarray(image), compat=bi_w)
-    q = crf.inference(int(iter_max))
-    return np.asarray(q, dtype=np.float32).reshape(num_classes, h, w)
+    if len(keep) == num_classes:
+        return _mean_field(image, _energy(probs, unary), **kernel, free_last=False)
+    dropped = np.setdiff1d(np.arange(num_classes), keep)
+    rest, share = _rest_of(probs, dropped, unary)
+    kept_q = _mean_field(image, np.concatenate([_energy(probs[keep], unary), rest[None]]), **kernel, free_last=True)
+    q = np.empty((num_classes, h, w), dtype=np.float32)
+    q[keep] = kept_q[:-1]
+    q[dropped] = kept_q[-1][None] * share
+    return q
+
+
+def pruned_job_inputs(probs: np.ndarray, prune_below: float | None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """What a CRF worker needs to return :func:`dense_crf`'s argmax: the kept labels (K,), their energies
+    stacked with the rest's (K+1, H, W) float32 (K, H, W without pruning), and, when labels were dropped, the
+    dropped label with the highest score per pixel and its part of the rest as a (2, H, W) float32 stack
+    (label index, share): the rest's marginal times that share is the dropped labels' best marginal."""
+    probs = np.asarray(probs)
+    keep = kept_labels(probs, prune_below)
+    if len(keep) == probs.shape[0]:
+        return keep, _energy(probs, "softmax"), None
+    dropped = np.setdiff1d(np.arange(probs.shape[0]), keep)
+    seen = np.clip(probs[dropped].astype(np.float32), 1e-5, 1.0)
+    total = seen.sum(0)
+    top = seen.argmax(0)
+    best = np.stack([dropped[top].astype(np.float32), np.take_along_axis(seen, top[None], 0)[0] / total])
+    return keep, np.concatenate([_energy(probs[keep], "softmax"), -np.log(total)[None]]), best
 
 
 def crf_params(node: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -97,17 +158,24 @@ def crf_params(node: Mapping[str, Any] | None) -> dict[str, Any]:
     return params
 
 
-def _crf_job(image: np.ndarray, probs: np.ndarray, keep: np.ndarray, num_classes: int, params: dict[str, Any],
-             labels_only: bool) -> np.ndarray:
-    """One pool job: the CRF over the kept labels' scores ``probs`` (K, H, W), mapped back to ``num_classes``."""
-    q = dense_crf(image, probs, **dict(params, prune_below=None))
-    if labels_only:
+def _crf_job(image: np.ndarray, energy: np.ndarray, keep: np.ndarray, best: np.ndarray | None,
+             params: dict[str, Any]) -> np.ndarray:
+    """One labels-only pool job (inputs from :func:`pruned_job_inputs`) -> the (H, W) uint8 argmax of
+    :func:`dense_crf`'s marginals."""
+    kernel = {k: v for k, v in params.items() if k != "prune_below"}
+    if best is None:
+        q = _mean_field(image, energy, **kernel, free_last=False)
         return keep[q.argmax(0)].astype(np.uint8)
-    if len(keep) == num_classes:
-        return q
-    full = np.zeros((num_classes, *q.shape[1:]), dtype=np.float32)
-    full[keep] = q
-    return full
+    q = _mean_field(image, energy, **kernel, free_last=True)
+    kept_q = q[:-1]
+    label = keep[kept_q.argmax(0)]
+    rest_best = q[-1] * best[1]
+    return np.where(rest_best > kept_q.max(0), best[0].astype(np.int64), label).astype(np.uint8)
+
+
+def _q_job(image: np.ndarray, probs: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    """One pool job returning every label's marginals (C, H, W): the whole score stack travels."""
+    return dense_crf(image, probs, **params)
 
 
 class CRFPool:
@@ -115,8 +183,9 @@ class CRFPool:
 
     ``submit(image, probs, meta)`` queues a job (blocking only while ``max_pending`` jobs are running);
     ``results()`` yields ``(meta, out)`` in submission order until every job is done, where ``out`` is Q (C, H, W)
-    or, with ``labels_only``, the argmax (H, W) uint8. ``num_workers=0`` runs each job inline in ``submit``.
-    With ``prune_below`` only the kept labels' scores travel to the worker, as float32.
+    or, with ``labels_only``, the argmax (H, W) uint8, equal to ``dense_crf(...).argmax(0)``. ``num_workers=0``
+    runs each job inline in ``submit``. With ``labels_only`` and ``prune_below``, a job carries the kept labels'
+    and the rest's energies plus two maps (:func:`pruned_job_inputs`), not the whole score stack.
     Use as a context manager so the workers are shut down.
     """
 
@@ -133,16 +202,19 @@ class CRFPool:
     def submit(self, image: np.ndarray, probs: np.ndarray, meta: Any = None) -> None:
         """Queue the CRF of ``image`` (H, W, 3) uint8 with ``probs`` (C, H, W); ``meta`` comes back with the result."""
         probs = np.asarray(probs)
-        keep = kept_labels(probs, self.params["prune_below"])
-        job = (np.ascontiguousarray(image), np.ascontiguousarray(probs[keep], dtype=np.float32), keep,
-               probs.shape[0], self.params, self.labels_only)
+        image = np.ascontiguousarray(image)
+        if self.labels_only:
+            keep, energy, best = pruned_job_inputs(probs, self.params["prune_below"])
+            fn, job = _crf_job, (image, np.ascontiguousarray(energy), keep, best, self.params)
+        else:
+            fn, job = _q_job, (image, np.ascontiguousarray(probs, dtype=np.float32), self.params)
         if self._executor is None:
-            self._pending.append((meta, _crf_job(*job)))
+            self._pending.append((meta, fn(*job)))
             return
         running = [f for _, f in self._pending if isinstance(f, cf.Future) and not f.done()]
         if len(running) >= self.max_pending:
             cf.wait(running, return_when=cf.FIRST_COMPLETED)
-        future = self._executor.submit(_crf_job, *job)
+        future = self._executor.submit(fn, *job)
         self._pending.append((meta, future))
 
     def ready(self) -> Iterator[tuple[Any, np.ndarray]]:

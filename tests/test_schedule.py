@@ -41,3 +41,15 @@ def test_organism_config_keeps_the_reference_fractions():
         a, b = (int(eval(f"c.{key}", {"c": c})) for c in (org, voc))
         assert a / n == pytest.approx(b / ref, abs=0.01), key
     assert org.optim.warmup_iters / n == pytest.approx(50 / 30000, abs=0.001)
+
+
+def test_coco_organism_config_keeps_the_reference_fractions():
+    coco = load_config(REPO / "configs" / "coco.yaml")
+    org = load_config(REPO / "configs" / "organism_coco.yaml")
+    n, ref = org.train.max_iters, coco.train.max_iters
+    for key in ("lvc.start_iter", "lvc.attn_pred_start_iter", "train.ckpt_start_iter"):
+        a, b = (int(eval(f"c.{key}", {"c": c})) for c in (org, coco))
+        assert a / n == pytest.approx(b / ref, abs=0.01), key
+    assert org.optim.warmup_iters / n == pytest.approx(200 / 100000, abs=0.001)
+    assert org.model.clip.name == "excel-organism" and org.data.name == "coco" and len(org.data.class_names) == 80
+    assert org.train.aff_label_switch_iter is None and org.infer.crf        # COCO's own rules stay

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from excel.config import load_config
 from excel.engine.schedule import rescale_schedule
@@ -33,23 +34,23 @@ def test_never_stays_never_and_small_runs_keep_one():
         rescale_schedule(coco, 0)
 
 
-def test_organism_config_keeps_the_reference_fractions():
-    voc = load_config(REPO / "configs" / "voc.yaml")
-    org = load_config(REPO / "configs" / "organism.yaml")
-    n, ref = org.train.max_iters, voc.train.max_iters
-    for key in ("lvc.start_iter", "lvc.attn_pred_start_iter", "train.aff_label_switch_iter"):
-        a, b = (int(eval(f"c.{key}", {"c": c})) for c in (org, voc))
-        assert a / n == pytest.approx(b / ref, abs=0.01), key
-    assert org.optim.warmup_iters / n == pytest.approx(50 / 30000, abs=0.001)
+@pytest.mark.parametrize("organism, reference, milestones, warmup", [
+    ("organism.yaml", "voc.yaml", ("lvc.start_iter", "lvc.attn_pred_start_iter", "train.aff_label_switch_iter"),
+     50 / 30000),
+    ("organism_coco.yaml", "coco.yaml", ("lvc.start_iter", "lvc.attn_pred_start_iter", "train.ckpt_start_iter"),
+     200 / 100000),
+])
+def test_organism_configs_keep_the_reference_fractions(organism, reference, milestones, warmup):
+    ref = load_config(REPO / "configs" / reference)
+    org = load_config(REPO / "configs" / organism)
+    n, total = org.train.max_iters, ref.train.max_iters
+    for key in milestones:
+        a, b = (int(OmegaConf.select(c, key)) for c in (org, ref))
+        assert a / n == pytest.approx(b / total, abs=0.01), key
+    assert org.optim.warmup_iters / n == pytest.approx(warmup, abs=0.001)
+    assert org.model.clip.name == "excel-organism" and org.data.name == ref.data.name
 
 
-def test_coco_organism_config_keeps_the_reference_fractions():
-    coco = load_config(REPO / "configs" / "coco.yaml")
+def test_coco_organism_keeps_cocos_own_rules():
     org = load_config(REPO / "configs" / "organism_coco.yaml")
-    n, ref = org.train.max_iters, coco.train.max_iters
-    for key in ("lvc.start_iter", "lvc.attn_pred_start_iter", "train.ckpt_start_iter"):
-        a, b = (int(eval(f"c.{key}", {"c": c})) for c in (org, coco))
-        assert a / n == pytest.approx(b / ref, abs=0.01), key
-    assert org.optim.warmup_iters / n == pytest.approx(200 / 100000, abs=0.001)
-    assert org.model.clip.name == "excel-organism" and org.data.name == "coco" and len(org.data.class_names) == 80
-    assert org.train.aff_label_switch_iter is None and org.infer.crf        # COCO's own rules stay
+    assert len(org.data.class_names) == 80 and org.train.aff_label_switch_iter is None and org.infer.crf

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ def patch_labels(label: torch.Tensor, size: int, grid: int, ignore_index: int = 
     return torch.where(best >= 0.5, cls, torch.full_like(cls, -1))
 
 
-def own_region_share(attn: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+def own_region_share(attn: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float, int]:
     """For one image: per layer, the mean over labelled foreground patches of the attention share on patches of
     the same class, and of that class's area share (chance).
 
@@ -45,20 +45,20 @@ def own_region_share(attn: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
         attn: (L, P, P) attention among the patches (rows need not sum to 1; they are renormalised).
         labels: (P,) patch labels, 0 background, -1 left out.
     Returns:
-        share (L,), chance (L,) sums over the counted patches, and their count.
+        the sums over the counted patches of the share (L,) and of the chance (one number: it does not depend on
+        the layer), and their count.
     """
     rows = attn / attn.sum(-1, keepdim=True).clamp_min(1e-12)
     fg = (labels > 0).nonzero().flatten()
     if fg.numel() == 0:
-        return torch.zeros(attn.shape[0]), torch.zeros(attn.shape[0]), 0
+        return torch.zeros(attn.shape[0]), 0.0, 0
     same = (labels[fg, None] == labels[None, :]).float()                     # (F, P)
     share = (rows[:, fg, :] * same).sum(-1).sum(-1)                          # (L,)
-    chance = same.sum(-1).sum() / labels.numel()
-    return share, chance.expand(attn.shape[0]).clone(), int(fg.numel())
+    return share, float(same.sum()) / labels.numel(), int(fg.numel())
 
 
 @torch.no_grad()
-def measure(cfg, split: str, images: int, random_init: bool) -> dict[str, list[float]]:
+def measure(cfg, split: str, images: int, random_init: bool) -> dict[str, Any]:
     """Per-layer own-object attention share and its chance level over the first ``images`` images of ``split``."""
     from excel.data import build_dataset
     from excel.engine.checkpoint import build_seeded_model
@@ -70,7 +70,7 @@ def measure(cfg, split: str, images: int, random_init: bool) -> dict[str, list[f
     layers = model.visual.num_layers
     dataset = build_dataset(cfg, split, stage="val")
     count = min(images, len(dataset))
-    share_sum, chance_sum, patches = torch.zeros(layers), torch.zeros(layers), 0
+    share_sum, chance_sum, patches = torch.zeros(layers), 0.0, 0
     for i in tqdm(range(count), desc="attention", dynamic_ncols=True, leave=False):
         item = dataset[i]
         x = F.interpolate(item["image"][None], size=(size, size), mode="bilinear", align_corners=False)
@@ -80,7 +80,7 @@ def measure(cfg, split: str, images: int, random_init: bool) -> dict[str, list[f
         share_sum, chance_sum, patches = share_sum + share, chance_sum + chance, patches + n
     if patches == 0:
         raise SystemExit(f"no foreground patch in the first {count} images of {split!r}: nothing to measure")
-    return {"own_share": (share_sum / patches).tolist(), "chance": (chance_sum / patches).tolist(),
+    return {"own_share": (share_sum / patches).tolist(), "chance": chance_sum / patches,
             "patches": patches, "images": count}
 
 
@@ -104,10 +104,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"{results['trained']['patches']} patches); * = read by the affinity (cam.affinity_layers)")
     print(head)
     chance = results["trained"]["chance"]
-    for layer in range(len(chance)):
+    for layer in range(len(results["trained"]["own_share"])):
         cells = "".join(f"{100 * r['own_share'][layer]:12.1f}%" for r in results.values())
-        print(f"{layer:>4d}{'*' if layer in read else ' '}  {cells}  {100 * chance[layer]:10.1f}%")
-    print(json.dumps({k: {kk: (v if not isinstance(v, list) else [round(x, 4) for x in v]) for kk, v in r.items()}
+        print(f"{layer:>4d}{'*' if layer in read else ' '}  {cells}  {100 * chance:10.1f}%")
+    print(json.dumps({k: {kk: ([round(x, 4) for x in v] if isinstance(v, list) else v) for kk, v in r.items()}
                       for k, r in results.items()}))
     return results
 

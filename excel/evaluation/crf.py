@@ -114,10 +114,10 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, iter_max: int = 10, pos_xy_s
     num_classes, h, w = probs.shape
     if unary not in ("softmax", "raw"):
         raise ValueError(f"unary must be 'softmax' or 'raw', got {unary!r}")
-    kernel = dict(iter_max=iter_max, pos_xy_std=pos_xy_std, pos_w=pos_w, bi_xy_std=bi_xy_std,
-                  bi_rgb_std=bi_rgb_std, bi_w=bi_w)
     if num_classes == 1:  # one label: every pixel's marginal is 1 whatever the kernels say
         return np.ones((1, h, w), dtype=np.float32)
+    kernel = dict(iter_max=iter_max, pos_xy_std=pos_xy_std, pos_w=pos_w, bi_xy_std=bi_xy_std,
+                  bi_rgb_std=bi_rgb_std, bi_w=bi_w)
     keep = kept_labels(probs, prune_below, unary)
     if len(keep) == num_classes:
         return _mean_field(image, _energy(probs, unary), **kernel, free_last=False)
@@ -141,11 +141,10 @@ def pruned_job_inputs(probs: np.ndarray, prune_below: float | None
     if len(keep) == probs.shape[0]:
         return keep, _energy(probs, "softmax"), None
     dropped = np.setdiff1d(np.arange(probs.shape[0]), keep)
-    seen = np.clip(probs[dropped].astype(np.float32), 1e-5, 1.0)
-    total = seen.sum(0)
-    top = seen.argmax(0)
-    best = np.stack([dropped[top].astype(np.float32), np.take_along_axis(seen, top[None], 0)[0] / total])
-    return keep, np.concatenate([_energy(probs[keep], "softmax"), -np.log(total)[None]]), best
+    rest, share = _rest_of(probs, dropped, "softmax")
+    top = share.argmax(0)
+    best = np.stack([dropped[top].astype(np.float32), np.take_along_axis(share, top[None], 0)[0]])
+    return keep, np.concatenate([_energy(probs[keep], "softmax"), rest[None]]), best
 
 
 def crf_params(node: Mapping[str, Any] | None) -> dict[str, Any]:

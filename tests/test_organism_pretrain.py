@@ -7,7 +7,8 @@ import torch
 
 from excel.backbone import load_clip
 from excel.data.world import World
-from excel.organism.pretrain import PretrainConfig, average_precision, lr_at, pretrain, view_of_scene
+from excel.organism.pretrain import (PatchSubset, PretrainConfig, average_precision, dropout_on, encode_captions,
+                                    keep_patches, lr_at, pretrain, view_of_scene)
 from excel.organism.weights import OrganismWeightsError, load_organism_weights, save_organism_weights
 
 TINY = dict(model="excel-tiny", image_size=224, steps=4, batch_size=4, warmup=2, eval_every=2, eval_images=8,
@@ -52,11 +53,55 @@ def test_resume_gives_the_same_model(tmp_path):
         pretrain(PretrainConfig(**{**TINY, "lr": 0.5}), tmp_path / "b", progress=False)
     with pytest.raises(ValueError, match="other settings"):
         pretrain(PretrainConfig(**{**TINY, "object_scale": 2.0}), tmp_path / "b", progress=False)
-    # a checkpoint written before a setting existed resumes with that setting at its default
+    # a checkpoint written before a setting existed counts with the value it was trained with
     from excel.organism.pretrain import _identity
-    old = {k: v for k, v in ckpt["config"].items() if k != "object_scale"}
-    assert _identity(old) == _identity(ckpt["config"])
-    assert _identity(old) != _identity({**ckpt["config"], "object_scale": 2.0})
+    old = {k: v for k, v in ckpt["config"].items() if k not in ("object_scale", "patch_dropout", "full_view_steps")}
+    before = {**ckpt["config"], "patch_dropout": 0.0, "full_view_steps": 0.0}
+    assert _identity(old) == _identity(before) != _identity(ckpt["config"])
+    assert _identity(old) != _identity({**before, "object_scale": 2.0})
+
+
+def test_captions_encoded_up_to_the_longest_one_equal_the_full_encoding(tiny_clip):
+    from excel.backbone.clip_loader import load_tokenizer
+    tokens = load_tokenizer("excel-tiny")(["a photo of a cat.", "a photo of a cat and a dog on the grass.", "x"])
+    assert tokens.shape[1] == 77 and (tokens != 0).sum(1).max() < 20
+    with torch.no_grad():
+        full, short = tiny_clip.encode_text(tokens), encode_captions(tiny_clip, tokens)
+    assert short.shape == full.shape
+    torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-5)
+
+
+def test_keep_patches_draws_a_sorted_subset_and_keeps_the_class_token():
+    # token t of image b holds (b, t) in its two channels, so what was kept can be read off
+    b, n = 3, 10
+    tokens = torch.stack(torch.meshgrid(torch.arange(b), torch.arange(n + 1), indexing="ij"), dim=-1).float()
+    kept = keep_patches(tokens, 0.5, torch.Generator().manual_seed(3))
+    assert kept.shape == (3, 1 + 5, 2)
+    assert torch.equal(kept[:, 0], tokens[:, 0])                        # the class token, first
+    assert torch.equal(kept[..., 0], torch.arange(b)[:, None].float().expand(b, 6))   # rows stay with their image
+    idx = kept[:, 1:, 1]
+    assert (idx >= 1).all() and (idx <= n).all() and (idx.diff(dim=1) > 0).all()     # distinct, grid order
+    # the same draw by hand: the 5 smallest of the generator's uniforms, in grid order
+    u = torch.rand(b, n, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(idx.long() - 1, u.argsort(dim=1)[:, :5].sort(dim=1).values)
+    assert keep_patches(tokens, 0.0, torch.Generator()).shape == tokens.shape
+    assert keep_patches(tokens, 0.99, torch.Generator()).shape == (3, 2, 2)             # at least one patch
+
+
+def test_patch_subsets_are_a_function_of_seed_and_step():
+    x = torch.randn(2, 17, 4)
+    assert torch.equal(PatchSubset(0.5, 0, 7)(x), PatchSubset(0.5, 0, 7)(x))
+    assert not torch.equal(PatchSubset(0.5, 0, 7)(x), PatchSubset(0.5, 0, 8)(x))
+    assert not torch.equal(PatchSubset(0.5, 0, 7)(x), PatchSubset(0.5, 1, 7)(x))
+
+
+def test_dropout_covers_all_but_the_closing_full_view_steps():
+    cfg = PretrainConfig(steps=100, patch_dropout=0.5, full_view_steps=0.15)
+    assert [s for s in range(100) if dropout_on(s, cfg)] == list(range(85))
+    assert not any(dropout_on(s, PretrainConfig(steps=100, patch_dropout=0.0)) for s in range(100))
+    assert all(dropout_on(s, PretrainConfig(steps=100, full_view_steps=0.0)) for s in range(100))
+    with pytest.raises(ValueError, match="patch_dropout"):
+        pretrain(PretrainConfig(**{**TINY, "patch_dropout": 1.0}), "/nonexistent", progress=False)
 
 
 def test_weight_file_round_trip_and_refusals(tmp_path, tiny_clip):

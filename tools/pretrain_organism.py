@@ -1,12 +1,12 @@
 """Pretrain the organism CLIP (``excel-organism``) on the generated world and export the shipped weights.
 
-    python tools/pretrain_organism.py --device cuda --num-workers 9    # the shipped weights: 4 min on one H200
-    python tools/pretrain_organism.py                                    # the same on the CPU: ~3 h on 2 cores
+    python tools/pretrain_organism.py                 # the shipped weights: about 36 min on 2 CPU cores
+    python tools/pretrain_organism.py --device cuda --num-workers 9    # the same settings on a GPU
     python tools/pretrain_organism.py --steps 100 --work-dir /tmp/org --export /tmp/org/organism.pt
 
 The pairs are a function of ``--seed`` alone (any device, any number of workers); rerunning with the same work dir
-resumes from ``<work-dir>/last.pth``. The arithmetic differs across devices, so a CPU run ends close to the shipped
-file, not bit-equal to it (the shipped file came from the first command).
+resumes from ``<work-dir>/last.pth``. The arithmetic differs across devices (and thread counts), so a GPU run ends
+close to the shipped file, not bit-equal to it (the shipped file came from the first command).
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ standard organism training (full, LVC off, affinity loss off).
     python benchmarks/organism_ablations.py [--seed 2026] [--out work_dirs/organism_ablations] [--skip-training]
                                             [--object-scale 1.0] [--weights organism|FILE]
 
-About 45 minutes on 2 CPU cores (three trainings); --skip-training gives the training-free half in about 10.
+About 30 minutes on 2 CPU cores (three trainings; 20 with --full-checkpoint); --skip-training gives the
+training-free half in about 10.
 """
 from __future__ import annotations
 

@@ -93,6 +93,7 @@ def test_patch_subsets_are_a_function_of_seed_and_step():
     assert torch.equal(PatchSubset(0.5, 0, 7)(x), PatchSubset(0.5, 0, 7)(x))
     assert not torch.equal(PatchSubset(0.5, 0, 7)(x), PatchSubset(0.5, 0, 8)(x))
     assert not torch.equal(PatchSubset(0.5, 0, 7)(x), PatchSubset(0.5, 1, 7)(x))
+    assert torch.equal(PatchSubset(0.5, 0, 7).eval()(x), x)                # evaluation sees every patch
 
 
 def test_dropout_covers_all_but_the_closing_full_view_steps():

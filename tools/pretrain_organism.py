@@ -1,6 +1,6 @@
 """Pretrain the organism CLIP (``excel-organism``) on the generated world and export the shipped weights.
 
-    python tools/pretrain_organism.py                 # the shipped weights: about 36 min on 2 CPU cores
+    python tools/pretrain_organism.py                 # the shipped weights: about 37 min on 2 CPU cores
     python tools/pretrain_organism.py --device cuda --num-workers 9    # the same settings on a GPU
     python tools/pretrain_organism.py --steps 100 --work-dir /tmp/org --export /tmp/org/organism.pt
 

@@ -188,8 +188,9 @@ def keep_patches(tokens: Tensor, drop: float, generator: torch.Generator) -> Ten
 
 
 class PatchSubset(nn.Module):
-    """Training-time stand-in for the vision tower's ``patch_dropout`` slot: keeps a random subset of patches
-    (:func:`keep_patches`) drawn from a generator seeded with (seed, step), so a resumed run draws the same."""
+    """Training-time stand-in for the vision tower's ``patch_dropout`` slot: in training mode keeps a random subset
+    of patches (:func:`keep_patches`) drawn from a generator seeded with (seed, step), so a resumed run draws the
+    same; in eval mode (the held-out mAP) it passes every patch through, as open_clip's ``PatchDropout`` does."""
 
     def __init__(self, drop: float, seed: int, step: int):
         super().__init__()
@@ -197,7 +198,7 @@ class PatchSubset(nn.Module):
         self.generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
 
     def forward(self, x: Tensor) -> Tensor:
-        return keep_patches(x, self.drop, self.generator)
+        return keep_patches(x, self.drop, self.generator) if self.training else x
 
 
 def encode_captions(model: nn.Module, tokens: Tensor) -> Tensor:
@@ -307,7 +308,8 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
         x, tokens = x.to(dev, non_blocking=True), tokens.to(dev, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        model.visual.patch_dropout = PatchSubset(cfg.patch_dropout, cfg.seed, step) if dropout_on(step, cfg) else nn.Identity()
+        model.visual.patch_dropout = (PatchSubset(cfg.patch_dropout, cfg.seed, step) if dropout_on(step, cfg)
+                                      else nn.Identity())
         img = F.normalize(model.encode_image(x), dim=-1)
         txt = F.normalize(encode_captions(model, tokens), dim=-1)
         loss = loss_fn(img, txt, model.logit_scale.exp())

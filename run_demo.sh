@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole ExCEL pipeline on the generated world, offline, on CPU, in about 5 minutes: zero-shot mAP, training-free
+# The whole ExCEL pipeline on the generated world, offline, on CPU (docs/organism.md, "The demo"): zero-shot mAP, training-free
 # pseudo labels with their mIoU (+CRF), a short training run, multi-scale inference with and without the CRF.
-# Creates .venv on first use. Real ViT-B/16 weights are used when available (--weights FILE, the open_clip cache,
+# Runs the active environment or ./.venv (scripts/_env.sh). Real ViT-B/16 weights are used when available (--weights FILE, the open_clip cache,
 # or a download); otherwise the model organism runs: a small CLIP pretrained on the world, shipped in the package.
 # Usage: bash run_demo.sh [--out demo_out] [--weights /path/to/ViT-B-16.pt] [--organism] [--iters N] [key=value ...]
 set -euo pipefail

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Run the test suite (CPU only: no GPU, network, dataset or real CLIP weights needed). Creates .venv on first use.
+# Run the test suite (CPU only: no GPU, network, dataset or real CLIP weights needed), with the active environment
+# when it has excel's requirements and pytest, else with ./.venv (made on first use; scripts/_env.sh).
 # Usage: bash run_tests.sh [pytest args ...]
 #   bash run_tests.sh                     everything (what CI runs)
 #   bash run_tests.sh -m "not slow"       the quick loop: without the multi-process, ViT-B/16 and wheel tests
 #   bash run_tests.sh tests/test_config.py -x
 set -euo pipefail
 source "$(dirname "$0")/scripts/_env.sh"
-excel_env
+excel_env pytest
 cd "$EXCEL_ROOT"
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 # Quiet by default; whatever -q/-v flags are passed, pytest keeps its summary line (it drops it below -1).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,8 +65,10 @@ for id in $(seq 0 $((SLURM_JOB_NUM_NODES - 1))); do SLURM_NODEID=$id "$@" || exi
 """
 LAUNCH_FILES = ("run_train.sh", "infer_lam.sh", "infer_seg_voc.sh", "infer_seg_coco.sh", "scripts/_env.sh",
                 "scripts/_launch.sh", "scripts/_infer_seg.sh", "scripts/slurm_train.sbatch", "requirements.txt",
-                "pyproject.toml")
+                "constraints.txt", "pyproject.toml")
 MULTI_NODE = ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+# what chooses the interpreter (scripts/_env.sh): the tests set it themselves
+ENV_CHOICE = ("VIRTUAL_ENV", "CONDA_PREFIX", "EXCEL_PYTHON", "EXCEL_NO_INSTALL")
 
 
 @pytest.fixture()
@@ -92,7 +95,8 @@ def _launch(root: Path, args: list[str], env: dict[str, str] | None = None, stat
     """Run a script of ``root`` (cwd ``root``); return the recorded launches, each as its argument list."""
     import shlex
 
-    base = {k: v for k, v in os.environ.items() if k not in MULTI_NODE and not k.startswith("SLURM_")}
+    base = {k: v for k, v in os.environ.items()
+            if k not in MULTI_NODE + ENV_CHOICE and not k.startswith("SLURM_")}
     base["PATH"] = f"{root / 'bin'}{os.pathsep}{base['PATH']}"
     proc = subprocess.run(["bash", *args], cwd=root, env={**base, **(env or {})}, capture_output=True, text=True,
                           timeout=60)
@@ -171,12 +175,13 @@ case "$1" in */_requirements_met.py) exit "${FAKE_MET:-0}" ;; esac
 
 
 def _fake_checkout(tmp_path: Path) -> Path:
-    """scripts/_env.sh, requirements.txt and pyproject.toml in a folder whose .venv/bin/python only logs its calls."""
+    """scripts/_env.sh and the requirement files in a folder whose .venv/bin/python only logs its calls."""
     import shutil
 
     root = tmp_path / "checkout"
     (root / "scripts").mkdir(parents=True)
-    for name in ("scripts/_env.sh", "requirements.txt", "pyproject.toml"):
+    for name in ("scripts/_env.sh", "scripts/_requirements_met.py", "requirements.txt", "constraints.txt",
+                 "pyproject.toml"):
         shutil.copy(REPO / name, root / name)
     python = root / ".venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
@@ -185,37 +190,102 @@ def _fake_checkout(tmp_path: Path) -> Path:
     return root
 
 
+def _source_env(root: Path, env: dict[str, str] | None = None, needs: str = "") -> subprocess.CompletedProcess:
+    """``source scripts/_env.sh && excel_env NEEDS`` in a shell with no active environment (unless ``env`` sets
+    one); prints the chosen interpreter as its last line."""
+    base = {k: v for k, v in os.environ.items() if k not in ENV_CHOICE}
+    return subprocess.run(["bash", "-c", f'source "{root}/scripts/_env.sh" && excel_env {needs} && echo "$PYTHON"'],
+                          env={**base, **(env or {})}, capture_output=True, text=True, timeout=120)
+
+
 def _excel_env(root: Path, met: int) -> list[str]:
-    env = dict(os.environ, FAKE_MET=str(met))
-    proc = subprocess.run(["bash", "-c", f'source "{root}/scripts/_env.sh" && excel_env'], env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = _source_env(root, {"FAKE_MET": str(met)})
     assert proc.returncode == 0, proc.stderr
     calls = (root / "calls.log").read_text().splitlines()
     (root / "calls.log").unlink()
     return calls
 
 
-def _excel_env_quiet(root: Path) -> bool:
-    """excel_env succeeds without calling the venv's python at all."""
-    proc = subprocess.run(["bash", "-c", f'source "{root}/scripts/_env.sh" && excel_env'], capture_output=True,
-                          text=True, timeout=60)
-    return proc.returncode == 0 and not (root / "calls.log").exists()
-
-
 def test_a_manual_install_is_not_redone(tmp_path):
-    """After the README's manual install (no stamp file) the shell scripts check the environment and go on; only
-    an environment that lacks something is installed into."""
+    """After the README's manual install into ./.venv (no stamp file) the shell scripts check the environment and go
+    on; only a ./.venv that lacks something is installed into, under the pins of constraints.txt."""
     root = _fake_checkout(tmp_path)
     stamp = root / ".venv" / ".excel-installed"
     calls = _excel_env(root, met=0)
-    assert calls == [f"{root}/scripts/_requirements_met.py {root}"] and stamp.is_file()
-    assert not (root / "calls.log").exists() and _excel_env_quiet(root)  # stamp fresh: nothing is even checked
+    assert calls == [f"{root}/scripts/_requirements_met.py {root} --pins --editable"] and stamp.is_file()
+    proc = _source_env(root)                       # stamp fresh: nothing is even checked
+    assert proc.returncode == 0 and not (root / "calls.log").exists()
+    assert proc.stdout.strip().splitlines()[-1] == f"{root}/.venv/bin/python"
     stamp.unlink()
     calls = _excel_env(root, met=1)
-    assert calls[0] == f"{root}/scripts/_requirements_met.py {root}"
-    assert f"-m pip install -q -r {root}/requirements.txt" in calls
+    assert calls[0] == f"{root}/scripts/_requirements_met.py {root} --pins --editable"
+    assert f"-m pip install -q -r {root}/requirements.txt -c {root}/constraints.txt" in calls
     assert f"-m pip install -q --no-deps -e {root}" in calls
     assert stamp.is_file()
+
+
+def test_no_install_on_a_node_that_forbids_it(tmp_path):
+    """EXCEL_NO_INSTALL=1 (the SLURM script) and an incomplete ./.venv: an error that says what to do, no pip."""
+    root = _fake_checkout(tmp_path)
+    proc = _source_env(root, {"FAKE_MET": "1", "EXCEL_NO_INSTALL": "1"})
+    assert proc.returncode == 1 and "EXCEL_NO_INSTALL=1 forbids installing" in proc.stderr
+    assert "EXCEL_PYTHON=/path/to/python" in proc.stderr
+    assert not any("pip install" in line for line in (root / "calls.log").read_text().splitlines())
+
+
+@pytest.fixture()
+def active_env(tmp_path):
+    """A real virtual environment (no pip) that sees this Python's packages, torch included, through a .pth file:
+    the user's own environment with a CUDA torch, as far as the scripts can tell."""
+    import sysconfig
+
+    venv = tmp_path / "userenv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    Path(purelib, "parent_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return venv
+
+
+def test_an_active_environment_that_meets_the_requirements_is_used(tmp_path, active_env):
+    root = _fake_checkout(tmp_path)
+    (root / "requirements.txt").write_text("torch>=2.0\nnumpy  # a comment\npytest>=7  # optional: the tests\n")
+    for name in ("VIRTUAL_ENV", "CONDA_PREFIX"):           # an activated venv, or conda env
+        proc = _source_env(root, {name: str(active_env)}, needs="pytest")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip().splitlines()[-1] == f"{active_env}/bin/python"
+    assert not (root / "calls.log").exists()               # ./.venv was neither made nor asked
+    # EXCEL_PYTHON forces an interpreter, whatever is active
+    proc = _source_env(root, {"EXCEL_PYTHON": f"{active_env}/bin/python", "VIRTUAL_ENV": str(root / "nowhere")})
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == f"{active_env}/bin/python", proc.stderr
+
+
+def test_a_missing_package_is_named_in_one_line_and_nothing_is_installed(tmp_path, active_env):
+    root = _fake_checkout(tmp_path)
+    (root / "requirements.txt").write_text("torch>=2.0\nno-such-package-xyz>=1.0\ntensorboard-xyz  # optional\n")
+    for env in ({"CONDA_PREFIX": str(active_env)}, {"EXCEL_PYTHON": str(active_env / "bin" / "python")}):
+        proc = _source_env(root, env)
+        assert proc.returncode == 1
+        lines = [line for line in proc.stderr.splitlines() if "no-such-package-xyz" in line]
+        assert lines == [f"[excel] {active_env}/bin/python: no-such-package-xyz is not installed (requirements.txt "
+                         f"asks for no-such-package-xyz>=1.0)"], proc.stderr
+        assert "tensorboard-xyz" not in proc.stderr                      # optional and not needed here
+        assert "EXCEL_PYTHON=/path/to/python" in proc.stderr.splitlines()[-1]
+    assert not (root / "calls.log").exists()               # ./.venv untouched: no silent install
+    proc = _source_env(root, {"EXCEL_PYTHON": str(tmp_path / "no" / "python")})
+    assert proc.returncode == 1 and "no such interpreter" in proc.stderr
+
+
+def test_an_active_environment_without_torch_falls_back_to_the_venv(tmp_path):
+    root = _fake_checkout(tmp_path)
+    bare = tmp_path / "bare"
+    subprocess.run(["python3", "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    (root / ".venv" / ".excel-installed").touch()
+    proc = _source_env(root, {"VIRTUAL_ENV": str(bare)})
+    assert proc.returncode == 0, proc.stderr
+    assert f"the active environment {bare} has no working torch: using {root}/.venv" in proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == f"{root}/.venv/bin/python"
 
 
 def test_requirements_check_names_what_is_missing(tmp_path):
@@ -225,14 +295,38 @@ def test_requirements_check_names_what_is_missing(tmp_path):
     spec = importlib.util.spec_from_file_location("requirements_met", REPO / "scripts" / "_requirements_met.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    (tmp_path / "requirements.txt").write_text("# pins\nnumpy\nno-such-package-xyz==1.0\ntorch==0.0.1\n")
+    (tmp_path / "requirements.txt").write_text("# bounds\nnumpy\nno-such-package-xyz>=1.0\ntorch>=0.1\n"
+                                               "other-xyz  # optional: a tool\n")
+    (tmp_path / "constraints.txt").write_text("torch==0.0.1\n")
     torch_version = md.version("torch")
-    assert module.unmet(tmp_path) == ["no-such-package-xyz is not installed",
-                                      f"torch {torch_version} does not satisfy ==0.0.1",
-                                      f"excel is not installed in editable mode from {tmp_path}"]
+    assert module.unmet(tmp_path, editable=False) == [
+        "no-such-package-xyz is not installed (requirements.txt asks for no-such-package-xyz>=1.0)"]
+    assert module.unmet(tmp_path, need=("other_xyz",), pins=True) == [
+        "no-such-package-xyz is not installed (requirements.txt asks for no-such-package-xyz>=1.0)",
+        "other-xyz is not installed (requirements.txt asks for other-xyz)",
+        f"torch {torch_version} is installed, constraints.txt asks for torch==0.0.1",
+        f"excel is not installed in editable mode from {tmp_path}"]
     url = md.distribution("excel").read_text("direct_url.json") or ""
     if f"file://{REPO}" in url:  # this checkout, installed as the README says (or by run_tests.sh)
-        assert module.unmet(REPO) == []
+        assert module.unmet(REPO, need=("pytest",), pins=True) == []
+
+
+def test_ci_installs_the_pinned_torch():
+    import importlib.util
+
+    """CI's ./.venv gets the exact torch the suite is tested with; requirements.txt keeps bounds for users."""
+    pins = (REPO / "constraints.txt").read_text()
+    assert "torch==2.14.1" in pins and "torchvision==0.29.1" in pins
+    requirements = (REPO / "requirements.txt").read_text()
+    assert "torch>=2.4" in requirements and "==" not in requirements
+    assert "pytorch.org/get-started" in requirements
+    import tomllib
+
+    spec = importlib.util.spec_from_file_location("requirements_met", REPO / "scripts" / "_requirements_met.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert set(module.requirement_lines(REPO / "requirements.txt")) == set(project["dependencies"])
 
 
 @pytest.mark.parametrize("flags", [[], ["-q"], ["-qq"], ["-q", "-q", "-x"], ["-v"]], ids=" ".join)

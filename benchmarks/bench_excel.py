@@ -7,7 +7,7 @@ shared machine hit all of them alike, and the ratios are medians of per-round ra
 
     (a) bare      open_clip visual forward (no_grad), positional table resized to 20 x 20
     (b) encode    ExCEL.encode (SVC dual path, attention stack, decoder features, LAM)
-    (c) pseudo    make_pseudo_labels for the batch (training settings, no Q)
+    (c) pseudo    the training PseudoLabeler on the batch (no Q)
     (d) step      Trainer.step before the LVC switch (plain LAM, no Q)
     (e) step_lvc  Trainer.step after it (LVC LAM through the shortcut, Q = attn_pred)
         decoder   decoder forward + backward on the encoded features (where (d) - (b) - (c) goes)
@@ -161,7 +161,7 @@ def bare_visual(trainer) -> torch.nn.Module:
 
 # ---------------------------------------------------------------------------------------------- the benchmark
 def workloads(trainer, batch: dict[str, Any], val_items: list[dict[str, Any]]) -> dict[str, Callable[[], Any]]:
-    from excel.cam import make_pseudo_labels, pseudo_label_kwargs
+    from excel.cam import PseudoLabeler
     from excel.engine.infer_lam import lam_inputs
     from excel.engine.inference import resize_square
     from excel.engine.train import par_input
@@ -170,8 +170,7 @@ def workloads(trainer, batch: dict[str, Any], val_items: list[dict[str, Any]]) -
     images, cls_labels = batch["image"].to(device), batch["cls_label"].to(device)
     vit = bare_visual(trainer)
     par_images = par_input(images, list(cfg.data.augment.mean), list(cfg.data.augment.std))
-    train_cam = pseudo_label_kwargs(cfg, cfg.cam.box_threshold, trainer.par)
-    infer_cam = pseudo_label_kwargs(cfg, cfg.infer.box_threshold, trainer.par)
+    infer_labeler = PseudoLabeler.from_config(cfg, "infer").to(device)
     with torch.no_grad():
         encoded = model.encode(images)
     lvc_iter = int(cfg.lvc.start_iter)
@@ -194,7 +193,7 @@ def workloads(trainer, batch: dict[str, Any], val_items: list[dict[str, Any]]) -
 
     @torch.no_grad()
     def pseudo() -> Any:
-        return make_pseudo_labels(encoded.lam, encoded.attn, cls_labels, par_images, images.shape[-2:], **train_cam)
+        return trainer.labeler(encoded, cls_labels, par_images, images.shape[-2:])
 
     def decoder() -> Any:
         model.train()
@@ -207,8 +206,8 @@ def workloads(trainer, batch: dict[str, Any], val_items: list[dict[str, Any]]) -
         model.eval()
         for image, cls_label, size in val:
             x = resize_square(image, int(cfg.model.input_size))
-            lam, attn, q = lam_inputs(model, x, with_checkpoint=False)
-            make_pseudo_labels(lam, attn, cls_label, x, size, attn_pred=q, **infer_cam)
+            enc, q = lam_inputs(model, x, with_checkpoint=False)
+            infer_labeler(enc, cls_label, x, size, q)
 
     return {
         "bare": bare,
@@ -231,7 +230,6 @@ def data_seconds(trainer, rounds: int) -> float:
 
 def bf16_effect(trainer, batch: dict[str, Any]) -> dict[str, float]:
     """max |Δ| of the LAM (and the share of changed pseudo-label pixels) between fp32 and bf16 frozen forwards."""
-    from excel.cam import make_pseudo_labels, pseudo_label_kwargs
     from excel.engine.train import par_input
 
     model, cfg, device = trainer.model, trainer.cfg, trainer.device
@@ -242,8 +240,7 @@ def bf16_effect(trainer, batch: dict[str, Any]) -> dict[str, float]:
         for mode in ("none", "bf16"):
             model.frozen_autocast = mode
             enc = model.encode(images)
-            labels = make_pseudo_labels(enc.lam, enc.attn, cls_labels, par_images, images.shape[-2:],
-                                        **pseudo_label_kwargs(cfg, cfg.cam.box_threshold, trainer.par))
+            labels = trainer.labeler(enc, cls_labels, par_images, images.shape[-2:])
             results[mode] = (enc.lam.float(), enc.attn.float(), labels)
     model.frozen_autocast = "bf16"
     (lam32, attn32, lab32), (lam16, attn16, lab16) = results["none"], results["bf16"]

@@ -61,7 +61,8 @@ def test_checkpoint_mode_lam_is_flip_merged_and_renormalised(seg_checkpoint):
     model = load_trained_model(cfg, seg_checkpoint["path"], torch.device("cpu"), mode="train")
     torch.manual_seed(0)
     x = torch.randn(1, 3, 64, 64)
-    lam, attn, q = lam_inputs(model, x, with_checkpoint=True)
+    enc, q = lam_inputs(model, x, with_checkpoint=True)
+    lam, attn = enc.lam, enc.attn
     out = model(torch.cat([x, x.flip(-1)]))
     pair = model.calibrated_lam(out, out.fused)
     g, c = 4, pair.shape[-1]
@@ -76,8 +77,8 @@ def test_checkpoint_mode_lam_is_flip_merged_and_renormalised(seg_checkpoint):
     assert (q - out.attn_pred[:1]).abs().max() > 1e-3  # the pair's Q differs (quirk 9): the test can tell them apart
     # a mirror-symmetric image gives a mirror-symmetric merged LAM
     sym = torch.cat([x[..., :32], x[..., :32].flip(-1)], dim=-1)
-    lam_sym, _, _ = lam_inputs(model, sym, with_checkpoint=True)
-    grid = lam_sym[0].view(g, g, c)
+    enc_sym, _ = lam_inputs(model, sym, with_checkpoint=True)
+    grid = enc_sym.lam[0].view(g, g, c)
     torch.testing.assert_close(grid, grid.flip(1), atol=1e-5, rtol=1e-4)
 
 
@@ -126,7 +127,7 @@ def test_batched_training_free_forward_gives_the_same_labels(mini_voc, tmp_path)
 def _reference_image(model, item: dict, cfg, with_checkpoint: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image step by step (algorithm.md §9.4): (labels after PAR, CRF labels from the scores before PAR, CRF
     labels from the scores after PAR, which is what the CRF must *not* read)."""
-    from excel.cam import PAR, build_par, pseudo_label_kwargs, pseudo_label_scores
+    from excel.cam import PAR, build_par, pseudo_label_scores
     from excel.data.transforms import to_uint8_rgb
     from excel.engine.inference import resize_square
     from excel.evaluation import crf_params, dense_crf
@@ -145,7 +146,9 @@ def _reference_image(model, item: dict, cfg, with_checkpoint: bool) -> tuple[np.
         else:
             enc = model.encode(x)
             lam, attn, q = enc.lam, enc.attn, None
-        before_par = pseudo_label_kwargs(cfg, cfg.infer.box_threshold, PAR(num_iter=0))  # zero rounds: unrefined
+        before_par = dict(box_threshold=cfg.infer.box_threshold, par=PAR(num_iter=0),  # zero rounds: unrefined
+                          affinity_layers=tuple(cfg.cam.affinity_layers), sinkhorn_iters=cfg.cam.sinkhorn_iters,
+                          bg_power=cfg.cam.bg_power)
         raw, lut = pseudo_label_scores(lam, attn, item["cls_label"][None], x, tuple(item["label"].shape),
                                        attn_pred=q, **before_par)
         refined = build_par(cfg)(x, raw)

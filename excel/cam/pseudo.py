@@ -3,13 +3,18 @@
 The classes of each image are gathered into a padded class axis of width M = max number of present classes in
 the batch; padded slots are excluded from the background score and the argmax. PAR is linear and per channel,
 so it runs once on B x (1 + M) x H x W without the padded slots changing anything.
+
+:func:`score_stack` is the pipeline with the affinity and PAR handed in; :func:`pseudo_label_scores` and
+:func:`make_pseudo_labels` are its pure, attention-affinity form; :class:`excel.cam.PseudoLabeler` is the form the
+runners use (built once from the config).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from excel.cam.affinity import DEFAULT_AFFINITY_LAYERS, attention_affinity, transition_matrix
 from excel.cam.boxes import box_masks
@@ -38,6 +43,95 @@ def present_classes(cls_labels: Tensor) -> tuple[Tensor, Tensor]:
     return index, valid
 
 
+@dataclass
+class PseudoScores:
+    """The score stack of a batch before the argmax.
+
+    scores: B x (1 + M) x H x W [bg, present classes...], padded class slots -inf; lut: B x (1 + M) int64 label of
+    each slot (0 for bg, c + 1 for class c); valid: B x M bool, the slots that hold a present class;
+    after_par: whether PAR has refined ``scores``. M = most present classes in the batch.
+    """
+
+    scores: Tensor
+    lut: Tensor
+    valid: Tensor
+    after_par: bool
+
+    def labels(self) -> Tensor:
+        """B x H x W int64 labels: the label of each pixel's highest slot (first maximum on ties)."""
+        b, _, height, width = self.scores.shape
+        # argmax over a contiguous last axis is ~10x faster on CPU than over the strided channel axis, with the
+        # same tie and NaN rules (first maximum)
+        winner = self.scores.permute(0, 2, 3, 1).contiguous().argmax(dim=-1)
+        return self.lut.gather(1, winner.view(b, -1)).view(b, height, width)
+
+    def refined(self, par: nn.Module, images: Tensor) -> "PseudoScores":
+        """These scores after ``par`` (B x 3 x h x w ``images``, resized by PAR); padded slots stay -inf."""
+        if self.after_par:
+            raise ValueError("PseudoScores.refined: these scores are already after PAR")
+        if self.valid.shape[1] == 0:
+            return PseudoScores(self.scores, self.lut, self.valid, True)
+        stack = par(images, self.scores, num_channels=1 + self.valid.sum(dim=1))  # padded slots need no refinement
+        stack[:, 1:].masked_fill_(~self.valid[:, :, None, None], float("-inf"))
+        return PseudoScores(stack, self.lut, self.valid, True)
+
+
+def check_attention(attn: Tensor, batch: int, patches: int) -> None:
+    """Raise ValueError unless ``attn`` is an L x B x N x N stack with B = ``batch`` and N = 1 + ``patches``."""
+    n = patches + 1
+    if attn.dim() != 4 or attn.shape[1] != batch or attn.shape[-1] != n or attn.shape[-2] != n:
+        raise ValueError(f"pseudo labels: attn must be L x B x N x N with B = {batch}, N = {n}, "
+                         f"got {tuple(attn.shape)}")
+
+
+@torch.no_grad()
+def score_stack(lam: Tensor, cls_labels: Tensor, images: Tensor, out_size: Sequence[int],
+                affinity: Optional[Callable[[], Tensor]], par: Optional[nn.Module], box_threshold: float = 0.79,
+                sinkhorn_iters: int = 3, bg_power: float = 1.0) -> PseudoScores:
+    """Score stack of algorithm.md §5.1-5.5 with the affinity and PAR handed in.
+
+    Args:
+        lam: B x P x C_fg LAM in [0, 1] (P = g * g).
+        cls_labels: B x C_fg multi-hot image labels.
+        images: B x 3 x h x w image given to PAR as is (training: de-normalised, uint8-truncated / 255;
+            evaluation: the normalised input, quirk 18). PAR resizes it to ``out_size``.
+        out_size: (H, W) of the labels.
+        affinity: called (only when some image has a class) for the B x P x P patch affinity that the transition
+            matrix is made from; None skips the affinity refinement (ablation): r_c = mask_c ⊙ lam_c, 𝒯 = identity.
+        par: the PAR module, or None for the scores before PAR.
+        box_threshold: CAA threshold ϑ.
+        sinkhorn_iters: column/row normalisation rounds of the transition matrix.
+        bg_power: background score exponent.
+    """
+    if lam.dim() != 3:
+        raise ValueError(f"pseudo labels: lam must be B x P x C_fg, got shape {tuple(lam.shape)}")
+    b, p, c = lam.shape
+    grid_side(p, "pseudo labels: lam.shape[1]")
+    if cls_labels.shape != (b, c):
+        raise ValueError(f"pseudo labels: cls_labels must be B x C_fg = {(b, c)}, got {tuple(cls_labels.shape)}")
+    if images.dim() != 4 or images.shape[0] != b:
+        raise ValueError(f"pseudo labels: images must be B x 3 x h x w with B = {b}, got {tuple(images.shape)}")
+    height, width = (int(s) for s in out_size)
+
+    index, valid = present_classes(cls_labels)
+    m = index.shape[1]
+    lut = torch.cat([index.new_zeros((b, 1)), index + 1], dim=1)  # B x (1 + M)
+    if m == 0:
+        return PseudoScores(lam.new_ones((b, 1, height, width)), lut, valid, par is not None)
+
+    if affinity is not None:
+        trans = transition_matrix(affinity(), sinkhorn_iters)
+    else:
+        trans = torch.eye(p, dtype=lam.dtype, device=lam.device).expand(b, p, p)
+    lam_sel = lam.gather(2, index[:, None, :].expand(b, p, m))  # B x P x M
+    masks = box_masks(lam_sel, valid, box_threshold)
+    refined = refine_maps(trans, lam_sel, masks, valid)
+    stack = normalize_and_upsample(refined, valid, (height, width), bg_power)  # B x (1 + M) x H x W
+    stack[:, 1:].masked_fill_(~valid[:, :, None, None], float("-inf"))
+    before = PseudoScores(stack, lut, valid, False)
+    return before if par is None else before.refined(par, images)
+
+
 @torch.no_grad()
 def pseudo_label_scores(
     lam: Tensor,
@@ -47,94 +141,44 @@ def pseudo_label_scores(
     out_size: Sequence[int],
     attn_pred: Optional[Tensor] = None,
     box_threshold: float = 0.79,
-    par: Optional[PAR] = None,
+    par: Optional[nn.Module] = None,
     affinity_layers: Sequence[int] = DEFAULT_AFFINITY_LAYERS,
     sinkhorn_iters: int = 3,
     bg_power: float = 1.0,
     use_affinity: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Refined score stack of algorithm.md §5.1-5.5 (after PAR) before the argmax.
+    """Refined score stack of algorithm.md §5.1-5.5 (after PAR) before the argmax, affinity from the attention.
 
     Args:
-        lam: B x P x C_fg LAM in [0, 1] (P = g * g).
+        lam, cls_labels, images, out_size, box_threshold, sinkhorn_iters, bg_power: as in :func:`score_stack`.
         attn: L x B x N x N attention stack (N = 1 + P).
-        cls_labels: B x C_fg multi-hot image labels.
-        images: B x 3 x h x w image given to PAR as is (training: de-normalised, uint8-truncated / 255;
-            evaluation: the normalised input, quirk 18). PAR resizes it to ``out_size``.
-        out_size: (H, W) of the labels.
         attn_pred: optional B x P x P Q for the layer selection of algorithm.md §5.1.
-        box_threshold: CAA threshold ϑ.
         par: a PAR module (default: ``PAR()`` with the reference settings).
         affinity_layers: attention layers used for the affinity.
-        sinkhorn_iters: column/row normalisation rounds of the transition matrix.
-        bg_power: background score exponent.
         use_affinity: False skips the affinity refinement (ablation): r_c = mask_c ⊙ lam_c, 𝒯 = identity.
 
     Returns:
-        (scores, lut): B x (1 + M) x H x W scores [bg, present classes...] after PAR, padded slots -inf, and
-        B x (1 + M) int64 label of each slot (0 for bg, c + 1 for class c); M = most present classes in the batch.
+        (scores, lut): see :class:`PseudoScores` (after PAR).
     """
-    if lam.dim() != 3:
-        raise ValueError(f"make_pseudo_labels: lam must be B x P x C_fg, got shape {tuple(lam.shape)}")
-    b, p, c = lam.shape
-    grid_side(p, "make_pseudo_labels: lam.shape[1]")
-    if attn.dim() != 4 or attn.shape[1] != b or attn.shape[-1] != p + 1 or attn.shape[-2] != p + 1:
-        raise ValueError(
-            f"make_pseudo_labels: attn must be L x B x N x N with B = {b}, N = {p + 1}, got {tuple(attn.shape)}"
-        )
-    if cls_labels.shape != (b, c):
-        raise ValueError(f"make_pseudo_labels: cls_labels must be B x C_fg = {(b, c)}, got {tuple(cls_labels.shape)}")
-    if images.dim() != 4 or images.shape[0] != b:
-        raise ValueError(f"make_pseudo_labels: images must be B x 3 x h x w with B = {b}, got {tuple(images.shape)}")
-    height, width = (int(s) for s in out_size)
-
-    index, valid = present_classes(cls_labels)
-    m = index.shape[1]
-    lut = torch.cat([index.new_zeros((b, 1)), index + 1], dim=1)  # B x (1 + M)
-    if m == 0:
-        return lam.new_ones((b, 1, height, width)), lut
-
-    if use_affinity:
-        trans = transition_matrix(attention_affinity(attn, affinity_layers, attn_pred), sinkhorn_iters)
-    else:
-        trans = torch.eye(p, dtype=lam.dtype, device=lam.device).expand(b, p, p)
-    lam_sel = lam.gather(2, index[:, None, :].expand(b, p, m))  # B x P x M
-    masks = box_masks(lam_sel, valid, box_threshold)
-    refined = refine_maps(trans, lam_sel, masks, valid)
-    stack = normalize_and_upsample(refined, valid, (height, width), bg_power)  # B x (1 + M) x H x W
-    if par is None:
-        par = PAR().to(lam.device)
-    stack = par(images, stack, num_channels=1 + valid.sum(dim=1))  # padded class slots need no refinement
-    stack[:, 1:].masked_fill_(~valid[:, :, None, None], float("-inf"))
-    return stack, lut
+    if lam.dim() == 3:  # score_stack checks the rest
+        grid_side(lam.shape[1], "pseudo labels: lam.shape[1]")
+        check_attention(attn, lam.shape[0], lam.shape[1])
+    affinity = (lambda: attention_affinity(attn, affinity_layers, attn_pred)) if use_affinity else None
+    stack = score_stack(lam, cls_labels, images, out_size, affinity, PAR().to(lam.device) if par is None else par,
+                        box_threshold, sinkhorn_iters, bg_power)
+    return stack.scores, stack.lut
 
 
 @torch.no_grad()
-def make_pseudo_labels(
-    lam: Tensor,
-    attn: Tensor,
-    cls_labels: Tensor,
-    images: Tensor,
-    out_size: Sequence[int],
-    attn_pred: Optional[Tensor] = None,
-    box_threshold: float = 0.79,
-    par: Optional[PAR] = None,
-    affinity_layers: Sequence[int] = DEFAULT_AFFINITY_LAYERS,
-    sinkhorn_iters: int = 3,
-    bg_power: float = 1.0,
-    use_affinity: bool = True,
-) -> Tensor:
+def make_pseudo_labels(lam: Tensor, attn: Tensor, cls_labels: Tensor, images: Tensor, out_size: Sequence[int],
+                       attn_pred: Optional[Tensor] = None, **settings: Any) -> Tensor:
     """Pseudo labels from the LAM and the attention stack (algorithm.md §5.1-5.5).
 
-    Arguments as :func:`pseudo_label_scores`.
+    Arguments as :func:`pseudo_label_scores` (``settings``: box_threshold, par, affinity_layers, sinkhorn_iters,
+    bg_power, use_affinity).
 
     Returns:
         B x H x W int64 labels in {0} ∪ {c + 1 : c present}; no ignore value (quirk 15).
     """
-    stack, lut = pseudo_label_scores(lam, attn, cls_labels, images, out_size, attn_pred, box_threshold, par,
-                                     affinity_layers, sinkhorn_iters, bg_power, use_affinity)
-    b, _, height, width = stack.shape
-    # B x H x W index into [bg, present classes...]; argmax over a contiguous last axis is ~10x faster on CPU than
-    # over the strided channel axis, with the same tie and NaN rules (first maximum)
-    winner = stack.permute(0, 2, 3, 1).contiguous().argmax(dim=-1)
-    return lut.gather(1, winner.view(b, -1)).view(b, height, width)
+    scores, lut = pseudo_label_scores(lam, attn, cls_labels, images, out_size, attn_pred, **settings)
+    return PseudoScores(scores, lut, lut[:, 1:] >= 0, True).labels()

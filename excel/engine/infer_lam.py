@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from excel.cam import build_par, make_pseudo_labels, pseudo_label_kwargs, pseudo_label_scores
+from excel.cam import PseudoLabeler
 from excel.data import build_dataset, voc_palette
 from excel.data.transforms import to_uint8_rgb
 from excel.engine.checkpoint import load_trained_model
@@ -28,7 +29,7 @@ from excel.engine.sharded import ShardedRun, eval_loader, run_sharded
 from excel.errors import UsageError
 from excel.evaluation import ConfusionMatrix
 from excel.evaluation.report import Gallery
-from excel.model import ExCEL, attn_pred
+from excel.model import EncodeOutput, ExCEL, attn_pred
 from excel.utils.io import atomic_save_png
 from excel.utils.tensors import grid_side
 from excel.utils.vis import save_lam_overlays, save_overlay
@@ -37,15 +38,15 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def lam_inputs(model: ExCEL, x: torch.Tensor, with_checkpoint: bool) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """LAM (B,P,C_fg), attention stack (L,B,N,N) and Q (B,P,P) or None for a batch of resized images x (B,3,S,S).
+def lam_inputs(model: ExCEL, x: torch.Tensor, with_checkpoint: bool) -> tuple[EncodeOutput, torch.Tensor | None]:
+    """The encoded pass (``lam`` B x P x C_fg, ``attn`` L x B x N x N, ...) and Q (B,P,P) or None for a batch of
+    resized images x (B,3,S,S): what the pseudo labels read.
 
     Training-free: the plain LAM and no Q. With a checkpoint (B must be 1), algorithm.md §9.4: the LVC LAM of the
     flip pair, and Q = attn_pred of the plain forward of x alone (its mean over x's own Gram matrix, not the pair's).
     """
     if not with_checkpoint:
-        enc = model.encode(x)
-        return enc.lam, enc.attn, None
+        return model.encode(x), None
     if x.shape[0] != 1:
         raise UsageError("checkpoint-mode LAM inference takes one image at a time (the flip pair is the batch)")
     out = model(torch.cat([x, x.flip(-1)], dim=0))
@@ -58,14 +59,7 @@ def lam_inputs(model: ExCEL, x: torch.Tensor, with_checkpoint: bool) -> tuple[to
     lam = lam / (lam.amax(dim=1, keepdim=True) + 1e-5)
     # the decoder works image by image, so x's fused feature is the pair's first one; only attn_pred's batch mean
     # (quirk 9) would see the mirror, hence Q is recomputed on x alone
-    return lam, out.attn[:, :1], attn_pred(out.fused[:1])
-
-
-class _NoPAR(torch.nn.Module):
-    """Stands in for PAR when the scores before PAR are wanted (the CRF input of algorithm.md §9.4)."""
-
-    def forward(self, images: torch.Tensor, masks: torch.Tensor, num_channels: Any = None) -> torch.Tensor:
-        return masks
+    return replace(out.encoded.take(slice(0, 1)), lam=lam), attn_pred(out.fused[:1])
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -82,7 +76,7 @@ class _LamRun:
         cfg, out_dir, device = sharded.cfg, sharded.output_dir, sharded.device
         self.cfg, self.model, self.device = cfg, model, device
         self.with_checkpoint = cfg.infer.checkpoint is not None
-        self.par = build_par(cfg).to(device)
+        self.labeler = PseudoLabeler.from_config(cfg, "infer").to(device)
         self.class_names = list(cfg.data.class_names)
         self.names_bg = ["background", *self.class_names]
         self.mean, self.std = list(cfg.data.augment.mean), list(cfg.data.augment.std)
@@ -95,7 +89,6 @@ class _LamRun:
         self.skipped = 0
         self.gallery = Gallery(out_dir, self.names_bg, int(cfg.infer.report_max_images), palette=self.palette,
                                variants=[PSEUDO_TITLE, CRF_TITLE] if cfg.infer.crf else [PSEUDO_TITLE])
-        self.kwargs = pseudo_label_kwargs(cfg, cfg.infer.box_threshold, self.par)
 
     def score_existing(self, item: dict[str, Any]) -> bool:
         """Score the files of an image done by an earlier run; False when it still has to be computed."""
@@ -117,26 +110,25 @@ class _LamRun:
     def process(self, items: list[dict[str, Any]]) -> None:
         """Pseudo labels of a group of images: one forward for the group (resized to squares), then each image."""
         x = torch.cat([resize_square(it["image"].to(self.device), self.cfg.model.input_size) for it in items])
-        lam, attn, q = lam_inputs(self.model, x, with_checkpoint=self.with_checkpoint)
+        encoded, q = lam_inputs(self.model, x, with_checkpoint=self.with_checkpoint)
         for i, item in enumerate(items):
-            self._finish(item, x[i:i + 1], lam[i:i + 1], attn[:, i:i + 1], None if q is None else q[i:i + 1])
+            one = slice(i, i + 1)
+            self._finish(item, x[one], encoded.take(one), None if q is None else q[one])
         self.drain(wait=False)
 
-    def _finish(self, item: dict[str, Any], x: torch.Tensor, lam: torch.Tensor, attn: torch.Tensor,
-                q: torch.Tensor | None) -> None:
+    def _finish(self, item: dict[str, Any], x: torch.Tensor, encoded: EncodeOutput, q: torch.Tensor | None) -> None:
         name, image = item["name"][0], item["image"]
         label = item["label"].to(self.device)
         cls_label = item["cls_label"].to(self.device)
         if self.pool is not None:
             # one image, so no padded class slots: the labels are the argmax after PAR, the CRF gets the un-PAR'd
             # [bg, r_c...] stack, not soft-maxed (algorithm.md §9.4)
-            kwargs = dict(self.kwargs, par=_NoPAR())
-            raw, lut = pseudo_label_scores(lam, attn, cls_label, x, label.shape[-2:], attn_pred=q, **kwargs)
-            pred = lut.gather(1, self.par(x, raw).argmax(1).view(1, -1)).view_as(label)
-            self.pool.submit(to_uint8_rgb(image[0], self.mean, self.std), raw[0].cpu().numpy(),
-                             (name, lut[0].cpu().numpy(), label.cpu()))
+            raw = self.labeler.scores(encoded, cls_label, x, label.shape[-2:], q, before_par=True)
+            pred = self.labeler.refine(x, raw).labels()
+            self.pool.submit(to_uint8_rgb(image[0], self.mean, self.std), raw.scores[0].cpu().numpy(),
+                             (name, raw.lut[0].cpu().numpy(), label.cpu()))
         else:
-            pred = make_pseudo_labels(lam, attn, cls_label, x, label.shape[-2:], attn_pred=q, **self.kwargs)
+            pred = self.labeler(encoded, cls_label, x, label.shape[-2:], q)
         self.cm.update(pred, label)
         pred_np = pred[0].to(torch.uint8).cpu().numpy()
         atomic_save_png(pred_np, self.label_dir / f"{name}.png", palette=self.palette)
@@ -144,7 +136,7 @@ class _LamRun:
         if self.cfg.infer.save_overlays:
             rgb = to_uint8_rgb(image[0], self.mean, self.std)
             save_overlay(self.overlay_dir / f"{name}.png", rgb, pred_np, self.names_bg)
-            save_lam_overlays(self.overlay_dir / "cams", name, rgb, lam[0].float().cpu().numpy(),
+            save_lam_overlays(self.overlay_dir / "cams", name, rgb, encoded.lam[0].float().cpu().numpy(),
                               torch.nonzero(cls_label[0] > 0).flatten().tolist(), self.class_names)
 
     def drain(self, wait: bool) -> None:

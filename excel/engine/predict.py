@@ -39,7 +39,7 @@ from omegaconf import DictConfig
 from excel.errors import UsageError
 from excel.backbone import load_clip
 from excel.config import CONFIG_DIR, load_config
-from excel.cam import build_par, make_pseudo_labels, pseudo_label_kwargs
+from excel.cam import PseudoLabeler
 from excel.data.transforms import normalize
 from excel.data.voc import load_image
 from excel.engine.cli import config_for_checkpoint
@@ -242,7 +242,7 @@ class Predictor:
                                  cache_dir=clip_cfg.cache_dir)
             self.logit_scale = float(clip.logit_scale.exp()) if hasattr(clip, "logit_scale") else 100.0
             self.model = build_seeded_model(cfg, mode="val", clip_model=clip).to(self.device).eval()
-            self.par = build_par(cfg).to(self.device)
+            self.labeler = PseudoLabeler.from_config(cfg, "infer").to(self.device)
 
     def _normalised(self, rgb: np.ndarray) -> torch.Tensor:
         aug = self.cfg.data.augment
@@ -282,8 +282,7 @@ class Predictor:
         else:
             present = probs >= self.cls_threshold
             present[probs.argmax()] = True
-        label = make_pseudo_labels(enc.lam, enc.attn, present[None].float(), x, size, attn_pred=None,
-                                   **pseudo_label_kwargs(cfg, cfg.infer.box_threshold, self.par))
+        label = self.labeler(enc, present[None].float(), x, size)
         label_np = label[0].to(torch.uint8).cpu().numpy()
         return Prediction(label_np, self._found(label_np),
                           cls_scores={n: float(p) for n, p in zip(self.class_names, probs.tolist())},

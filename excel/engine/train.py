@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from excel.cam import build_par, make_pseudo_labels, pseudo_label_kwargs
+from excel.cam import PseudoLabeler
 from excel.config import save_config, work_dir_of
 from excel.data import build_dataset
 from excel.data.voc import DatasetError, check_dataset
@@ -126,7 +126,8 @@ class Trainer:
             betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, warmup_iters=cfg.optim.warmup_iters,
             warmup_ratio=cfg.optim.warmup_ratio, max_iters=cfg.train.max_iters, power=cfg.optim.power)
         self.scaler = torch.amp.GradScaler("cuda", enabled=(cfg.train.amp == "fp16" and device.type == "cuda"))
-        self.par = build_par(cfg).to(device)
+        self.labeler = PseudoLabeler.from_config(cfg, "train").to(device)
+        self.val_labeler = PseudoLabeler.from_config(cfg, "val").to(device)
         self.start_iter = 0
         # callables run with the number of finished iterations after each one (and after its validation and
         # checkpoint): progress reporting, custom logging, fault injection in the tests
@@ -248,12 +249,10 @@ class Trainer:
         with torch.no_grad():
             lam = self.model.calibrated_lam(out, out.fused) if use_lvc else out.lam
             q = out.attn_pred.detach().float() if n >= cfg.lvc.attn_pred_start_iter else None
-            pseudo = make_pseudo_labels(
-                lam.float(), out.attn.float(), cls_labels,
-                par_input(images, cfg.data.augment.mean, cfg.data.augment.std), images.shape[-2:],
-                attn_pred=q, **pseudo_label_kwargs(cfg, cfg.cam.box_threshold, self.par))
+            pseudo = self.labeler(out.encoded, cls_labels, par_input(images, cfg.data.augment.mean,
+                                  cfg.data.augment.std), images.shape[-2:], q, lam=lam.float())
         logits = out.seg_logits.float()
-        # the pseudo labels come from make_pseudo_labels: in range by construction, no label check (a host sync)
+        # the pseudo labels come from the labeler: in range by construction, no label check (a host sync)
         seg_loss = (balanced_seg_loss(logits, pseudo, check_labels=False) if cfg.loss.seg_weight
                     else logits.new_zeros(()))
         if cfg.loss.aff_weight:
@@ -336,7 +335,7 @@ class Trainer:
         return last_val
 
     def evaluate(self, iteration: int) -> dict[str, float]:
-        result = validate(self.model, self.val_set, self.cfg, self.device, par=self.par)
+        result = validate(self.model, self.val_set, self.cfg, self.device, self.val_labeler)
         if self.rank == 0:
             log.info("iter %d validation: seg mIoU %.2f, pseudo-label mIoU %.2f\n%s", iteration,
                      100 * result["seg_miou"], 100 * result["pseudo_miou"], result["seg_table"])
@@ -354,7 +353,8 @@ class Trainer:
         """One TensorBoard image per fixed validation sample: image | LAM of its top classes | training-free pseudo
         label | decoder prediction | ground truth (VOC palette)."""
         names = ["background", *self.cfg.data.class_names]
-        samples = visual_samples(self.model, self.val_set, self.vis_indices, self.cfg, self.device, par=self.par)
+        samples = visual_samples(self.model, self.val_set, self.vis_indices, self.cfg, self.device,
+                                 self.val_labeler)
         for k, s in enumerate(samples):
             grid = sample_grid(s["rgb"], s["gt"], [("pseudo label (training-free)", s["pseudo"]),
                                                    ("decoder", s["pred"])], names, lams=s["lams"])

@@ -6,11 +6,10 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from excel.cam import make_pseudo_labels, pseudo_label_kwargs
+from excel.cam import PseudoLabeler
 from excel.data.transforms import to_uint8_rgb
 from excel.engine import dist
 from excel.engine.inference import resize_square
@@ -20,19 +19,18 @@ from excel.utils.tensors import grid_side
 
 
 @torch.no_grad()
-def validate(model, dataset: Dataset, cfg: DictConfig, device: torch.device, par: nn.Module,
-             box_threshold: float | None = None) -> dict[str, Any]:
+def validate(model, dataset: Dataset, cfg: DictConfig, device: torch.device,
+             labeler: PseudoLabeler) -> dict[str, Any]:
     """Score the decoder (seg) and the training-free-with-Q pseudo labels on ``dataset``; all ranks take part.
 
-    ``par`` is the run's PAR (:func:`excel.cam.build_par`, built once); ``box_threshold`` defaults to
-    ``eval.box_threshold``. Every image of ``dataset`` is scored.
+    ``labeler`` is the run's validation labeler (``PseudoLabeler.from_config(cfg, "val")``, built once). Every
+    image of ``dataset`` is scored.
 
     Returns dict(seg_miou, pseudo_miou, seg_table, pseudo_table, seg, pseudo) with the two ConfusionMatrix results.
     """
     num_classes = len(cfg.data.class_names) + 1
     seg_cm = ConfusionMatrix(num_classes, device=device)
     pseudo_cm = ConfusionMatrix(num_classes, device=device)
-    threshold = cfg.eval.box_threshold if box_threshold is None else box_threshold
     was_training = model.training
     model.eval()
     loader = eval_loader(dataset, cfg)
@@ -43,8 +41,7 @@ def validate(model, dataset: Dataset, cfg: DictConfig, device: torch.device, par
         out = model(inputs)
         logits = F.interpolate(out.seg_logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
         seg_cm.update(logits.argmax(1), label)
-        pseudo = make_pseudo_labels(out.lam, out.attn, batch["cls_label"].to(device), inputs, label.shape[-2:],
-                                    attn_pred=out.attn_pred, **pseudo_label_kwargs(cfg, threshold, par))
+        pseudo = labeler(out.encoded, batch["cls_label"].to(device), inputs, label.shape[-2:], out.attn_pred)
         pseudo_cm.update(pseudo, label)
     seg_cm.all_reduce()
     pseudo_cm.all_reduce()
@@ -57,11 +54,11 @@ def validate(model, dataset: Dataset, cfg: DictConfig, device: torch.device, par
 
 @torch.no_grad()
 def visual_samples(model, dataset: Dataset, indices: Sequence[int], cfg: DictConfig, device: torch.device,
-                   par: nn.Module, max_lams: int = 3) -> list[dict[str, Any]]:
+                   labeler: PseudoLabeler, max_lams: int = 3) -> list[dict[str, Any]]:
     """What the TensorBoard sample grids show for the dataset items ``indices`` (this process only).
 
     Per item a dict: ``name``; ``rgb`` (H, W, 3) uint8; ``gt`` (H, W) int64; ``pred`` (H, W) the decoder's argmax;
-    ``pseudo`` (H, W) the training-free pseudo label (plain LAM, Q = None, ``eval.box_threshold``); ``lams`` a
+    ``pseudo`` (H, W) the training-free pseudo label (plain LAM, Q = None, ``labeler``); ``lams`` a
     list of (label index c + 1, (g, g) LAM of class c) for up to ``max_lams`` of the image's classes, highest
     mean LAM first.
     """
@@ -76,8 +73,7 @@ def visual_samples(model, dataset: Dataset, indices: Sequence[int], cfg: DictCon
         out = model(inputs)
         logits = F.interpolate(out.seg_logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
         cls_label = item["cls_label"][None].to(device)
-        pseudo = make_pseudo_labels(out.lam, out.attn, cls_label, inputs, label.shape[-2:], attn_pred=None,
-                                    **pseudo_label_kwargs(cfg, cfg.eval.box_threshold, par))
+        pseudo = labeler(out.encoded, cls_label, inputs, label.shape[-2:])
         g = grid_side(out.lam.shape[1], "visual_samples: the LAM's patch count")
         present = torch.nonzero(cls_label[0] > 0).flatten()
         ranked = present[out.lam[0][:, present].mean(0).argsort(descending=True)][:max_lams].tolist()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -37,6 +37,15 @@ class EncodeOutput:
     features: Tensor
     dense: Tensor
     visual: VisualOutput
+
+    def take(self, index: slice) -> "EncodeOutput":
+        """The images ``index`` (a slice of the batch axis) of this pass, every field sliced alike."""
+        v = self.visual
+        visual = replace(v, tokens=v.tokens[index], attn=None if v.attn is None else v.attn[:, index],
+                         features=v.features[:, index], new_tokens=v.new_tokens[index],
+                         svc_values=None if v.svc_values is None else v.svc_values[:, index])
+        return replace(self, lam=self.lam[index], attn=self.attn[:, index], features=self.features[:, index],
+                       dense=self.dense[index], visual=visual)
 
 
 @dataclass

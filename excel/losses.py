@@ -1,14 +1,23 @@
 """Training losses (algorithm.md §7): balanced segmentation cross-entropy and the affinity ("diversity") loss.
 
-Pure tensor functions; sums and counts run over the whole batch (not per image).
+Pure tensor functions; sums and counts run over the whole batch (not per image). The training step reads its loss
+as data: :data:`LOSS_TERMS` maps a name to a function of :class:`LossInputs`, and the weight of term ``name`` is
+the config key ``loss.<name>_weight`` (0 switches it off). The step, the metrics record (``<name>_loss``),
+TensorBoard, the log line and ``curves.png`` all go over these terms; docs/extending.md adds one.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["balanced_seg_loss", "affinity_labels", "affinity_loss"]
+from excel.config import ConfigError
+
+__all__ = ["balanced_seg_loss", "affinity_labels", "affinity_loss", "LossInputs", "LOSS_TERMS", "loss_term",
+           "loss_weights"]
 
 _COUNT_EPS = 1e-6  # added to the pixel counts of the segmentation loss (algorithm.md §7)
 
@@ -91,3 +100,68 @@ def affinity_loss(attn_pred: Tensor, aff_labels: Tensor) -> Tensor:
     loss_pos = ((1 - attn_pred) * pos).sum() / (pos.sum() + 1)
     loss_neg = (attn_pred * neg).sum() / (neg.sum() + 1)
     return 0.5 * loss_pos + 0.5 * loss_neg
+
+
+# ----------------------------------------------------------------------------- the training step's terms
+@dataclass
+class LossInputs:
+    """What a loss term reads at one training iteration.
+
+    out: the model's ``ForwardOutput`` (``seg_logits`` B x C x g x g, ``attn_pred`` B x P x P, ``fused``, ``lam``,
+    ``attn``, ``encoded``); logits: ``out.seg_logits`` as float32; pseudo: B x H x W int64 pseudo labels (no
+    gradient); iteration: the 0-based iteration; cfg: the run's config.
+    """
+
+    out: Any
+    logits: Tensor
+    pseudo: Tensor
+    iteration: int
+    cfg: Any
+
+
+LossTerm = Callable[[LossInputs], Tensor]
+LOSS_TERMS: dict[str, LossTerm] = {}
+
+
+def loss_term(name: str) -> Callable[[LossTerm], LossTerm]:
+    """Decorator: register ``fn`` as the loss term ``name``, weighted by ``loss.<name>_weight`` (once per name)."""
+
+    def register(fn: LossTerm) -> LossTerm:
+        if name in LOSS_TERMS:
+            raise ValueError(f"loss term {name!r} is already registered ({LOSS_TERMS[name].__qualname__})")
+        LOSS_TERMS[name] = fn
+        return fn
+
+    return register
+
+
+def loss_weights(loss_cfg: Any) -> dict[str, float]:
+    """``{name: weight}`` of every registered term, in registration order, from the config group ``loss``.
+
+    Raises:
+        ConfigError: a term without its ``loss.<name>_weight`` key (add it to configs/base.yaml).
+    """
+    missing = [n for n in LOSS_TERMS if f"{n}_weight" not in loss_cfg]
+    if missing:
+        raise ConfigError(f"loss terms {missing} have no weight: add loss.{missing[0]}_weight to configs/base.yaml")
+    return {name: float(loss_cfg[f"{name}_weight"]) for name in LOSS_TERMS}
+
+
+@loss_term("seg")
+def seg_term(x: LossInputs) -> Tensor:
+    """L_seg of the decoder logits against the pseudo labels (in range by construction: no label check)."""
+    return balanced_seg_loss(x.logits, x.pseudo, check_labels=False)
+
+
+@loss_term("aff")
+def aff_term(x: LossInputs) -> Tensor:
+    """L_aff of attn_pred against the affinity labels of the pseudo labels, or from ``train.aff_label_switch_iter``
+    on of the decoder's own upsampled argmax (algorithm.md §7)."""
+    switch = x.cfg.train.aff_label_switch_iter
+    if switch is not None and x.iteration >= switch:
+        up = F.interpolate(x.logits.detach(), size=x.pseudo.shape[-2:], mode="bilinear", align_corners=False)
+        source = up.argmax(1)
+    else:
+        source = x.pseudo
+    g = x.logits.shape[-1]
+    return affinity_loss(x.out.attn_pred.float(), affinity_labels(source, grid=(g, g), radius=x.cfg.loss.aff_radius))

@@ -149,3 +149,22 @@ def test_affinity_loss_pools_the_batch_and_checks_shapes():
     torch.testing.assert_close(affinity_loss(p, r), torch.tensor(0.5 * 0.75 / 3))
     with pytest.raises(ValueError, match="same"):
         affinity_loss(torch.zeros(1, 4, 4), torch.zeros(1, 2, 2))
+
+
+def test_loss_weights_follow_the_registered_terms_and_name_a_missing_key():
+    from omegaconf import OmegaConf
+
+    from excel.config import ConfigError
+    from excel.losses import LOSS_TERMS, loss_term, loss_weights
+
+    assert list(LOSS_TERMS) == ["seg", "aff"]
+    assert loss_weights(OmegaConf.create({"seg_weight": 1.0, "aff_weight": 0.1, "aff_radius": 8})) == \
+        {"seg": 1.0, "aff": 0.1}
+    loss_term("extra_for_test")(lambda x: x.logits.sum())
+    try:
+        with pytest.raises(ConfigError, match="loss.extra_for_test_weight"):
+            loss_weights(OmegaConf.create({"seg_weight": 1.0, "aff_weight": 0.1}))
+        with pytest.raises(ValueError, match="already registered"):
+            loss_term("extra_for_test")(lambda x: x.logits.sum())
+    finally:
+        LOSS_TERMS.pop("extra_for_test")

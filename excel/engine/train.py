@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -31,7 +30,7 @@ from excel.engine.checkpoint import (CheckpointError, check_compatible, latest_c
 from excel.engine.optim import PolyWarmupAdamW
 from excel.engine.sampler import InfiniteSampler, SeededItems
 from excel.engine.validate import validate, visual_samples
-from excel.losses import affinity_labels, affinity_loss, balanced_seg_loss
+from excel.losses import LOSS_TERMS, LossInputs, loss_weights
 from excel.model import ExCEL, build_model
 from excel.text.cluster_bank import check_text_sources
 from excel.utils.io import atomic_write_text
@@ -43,11 +42,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StepResult:
-    """Scalar results of one training iteration."""
+    """Scalar results of one training iteration: the weighted total, each loss term's mean over the ranks
+    (``{name}_loss``, in the order of ``excel.losses.LOSS_TERMS``), the learning rate and whether LVC was on."""
 
     loss: float
-    seg_loss: float
-    aff_loss: float
+    terms: dict[str, float]
     lr: float
     lvc: bool
 
@@ -113,11 +112,12 @@ class Trainer:
             self._check_data()
         check_text_sources(cfg)  # the knowledge base too, before CLIP is loaded
 
+        self.loss_weights = loss_weights(cfg.loss)
         self.model: ExCEL = build_model(cfg, mode="train").to(device)
         self.ddp: torch.nn.Module = self.model
         if dist.is_distributed():
-            # a loss term switched off leaves its head without gradients: DDP must then look for unused parameters
-            unused = not (cfg.loss.seg_weight and cfg.loss.aff_weight)
+            # a loss term switched off may leave a head without gradients: DDP must then look for unused parameters
+            unused = not all(self.loss_weights.values())
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
                 find_unused_parameters=unused)
@@ -229,9 +229,10 @@ class Trainer:
         log.info("batch %d per process x %d processes = %d", batch, self.world_size, batch * self.world_size)
         log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
         log.info("switches: TSE %s, SVC %s, LVC %s (from iter %s), attn_pred selection from iter %s, "
-                 "seg loss weight %s, affinity loss weight %s, amp %s",
+                 "loss weights %s, amp %s",
                  cfg.tse.enabled, cfg.model.svc.enabled, cfg.lvc.enabled, cfg.lvc.start_iter,
-                 cfg.lvc.attn_pred_start_iter, cfg.loss.seg_weight, cfg.loss.aff_weight, cfg.train.amp)
+                 cfg.lvc.attn_pred_start_iter, ", ".join(f"{k} {v}" for k, v in self.loss_weights.items()),
+                 cfg.train.amp)
         if cfg.train.amp != "none" and self.device.type != "cuda":
             log.warning("train.amp=%s is for CUDA; on %s the run stays in fp32", cfg.train.amp, self.device)
         fixes = [k for k, v in cfg.quirks.items() if v]
@@ -251,37 +252,26 @@ class Trainer:
             q = out.attn_pred.detach().float() if n >= cfg.lvc.attn_pred_start_iter else None
             pseudo = self.labeler(out.encoded, cls_labels, par_input(images, cfg.data.augment.mean,
                                   cfg.data.augment.std), images.shape[-2:], q, lam=lam.float())
-        logits = out.seg_logits.float()
-        # the pseudo labels come from the labeler: in range by construction, no label check (a host sync)
-        seg_loss = (balanced_seg_loss(logits, pseudo, check_labels=False) if cfg.loss.seg_weight
-                    else logits.new_zeros(()))
-        if cfg.loss.aff_weight:
-            switch = cfg.train.aff_label_switch_iter
-            if switch is not None and n >= switch:
-                up = F.interpolate(logits.detach(), size=pseudo.shape[-2:], mode="bilinear", align_corners=False)
-                source = up.argmax(1)
-            else:
-                source = pseudo
-            g = logits.shape[-1]
-            aff_loss = affinity_loss(out.attn_pred.float(), affinity_labels(source, grid=(g, g),
-                                                                           radius=cfg.loss.aff_radius))
-        else:
-            aff_loss = logits.new_zeros(())
-        loss = cfg.loss.seg_weight * seg_loss + cfg.loss.aff_weight * aff_loss
+        inputs = LossInputs(out, out.seg_logits.float(), pseudo, n, cfg)
+        # a term with weight 0 is not computed (its value is recorded as 0)
+        terms = {name: LOSS_TERMS[name](inputs) if weight else inputs.logits.new_zeros(())
+                 for name, weight in self.loss_weights.items()}
+        loss = sum(weight * terms[name] for name, weight in self.loss_weights.items())
         # the mean over ranks, read in one host sync: every rank sees the same values, so a non-finite loss
         # stops all of them together instead of one raising while the others wait in the next all-reduce
-        summed = dist.all_reduce_sum(torch.stack([loss.detach(), seg_loss.detach(), aff_loss.detach()]).float())
-        values = (summed / self.world_size).tolist()
-        if not all(math.isfinite(v) for v in values):
-            raise FloatingPointError(f"non-finite loss {values[0]} at iteration {n} "
-                                     f"(seg {values[1]}, affinity {values[2]}; means over {self.world_size} "
-                                     f"process(es))")
+        summed = dist.all_reduce_sum(torch.stack([loss.detach(), *(t.detach() for t in terms.values())]).float())
+        total, *values = (summed / self.world_size).tolist()
+        means = dict(zip(terms, values))
+        if not all(math.isfinite(v) for v in (total, *values)):
+            raise FloatingPointError(f"non-finite loss {total} at iteration {n} "
+                                     f"({', '.join(f'{k} {v}' for k, v in means.items())}; means over "
+                                     f"{self.world_size} process(es))")
         lr = self.optimizer.set_lr(n)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return StepResult(values[0], values[1], values[2], lr, use_lvc)
+        return StepResult(total, means, lr, use_lvc)
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> dict[str, float]:
@@ -301,20 +291,20 @@ class Trainer:
             now = time.perf_counter()
             step_s, t_prev = now - t_prev, now   # data wait + step (the loss read syncs the device each step)
             if self.rank == 0:
-                record = {"iter": n, "loss": result.loss, "seg_loss": result.seg_loss, "aff_loss": result.aff_loss,
-                          "lr": result.lr, "lvc": result.lvc, "step_s": round(step_s, 5)}
+                losses = {"loss": result.loss, **{f"{k}_loss": v for k, v in result.terms.items()}}
+                record = {"iter": n, **losses, "lr": result.lr, "lvc": result.lvc, "step_s": round(step_s, 5)}
                 with open(metrics_file, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(record) + "\n")
-                bar.set_postfix(seg=f"{result.seg_loss:.4f}", aff=f"{result.aff_loss:.4f}", lr=f"{result.lr:.2e}")
+                bar.set_postfix({**{k: f"{v:.4f}" for k, v in result.terms.items()}, "lr": f"{result.lr:.2e}"})
                 if self.tb is not None:
-                    for key in ("loss", "seg_loss", "aff_loss", "lr"):
+                    for key in (*losses, "lr"):
                         self.tb.add_scalar(f"train/{key}", record[key], n)
                 if (n + 1) % cfg.train.log_iters == 0:
                     elapsed = time.perf_counter() - t0
                     done = n + 1 - self.start_iter
                     eta = elapsed / done * (max_iters - n - 1)
-                    log.info("iter %d/%d lr %.3e seg_loss %.4f diver_loss %.4f lvc %s eta %s", n + 1, max_iters,
-                             result.lr, result.seg_loss, result.aff_loss, result.lvc, _fmt_time(eta))
+                    log.info("iter %d/%d lr %.3e %s lvc %s eta %s", n + 1, max_iters, result.lr,
+                             " ".join(f"{k} {v:.4f}" for k, v in losses.items()), result.lvc, _fmt_time(eta))
             finished = n + 1
             if finished % cfg.train.eval_iters == 0 or finished == max_iters:
                 last_val = self.evaluate(finished)

@@ -224,6 +224,8 @@ def sample_grid(rgb: np.ndarray, gt: np.ndarray | None, preds: Sequence[tuple[st
 
 # ----------------------------------------------------------------------------- line charts
 SERIES_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+# further loss terms, after loss / seg_loss / aff_loss (SERIES_COLOURS 3 and 4 are the lr and pseudo-label lines)
+MORE_LOSS_COLOURS = [(140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 @dataclass
@@ -328,8 +330,9 @@ def _draw_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title
 def render_curves(metrics: Sequence[dict], val: Sequence[dict], width: int = 900,
                   panel_height: int = 230) -> tuple[np.ndarray, list[Axes]]:
     """Three stacked panels against the iteration: losses, learning rate, validation mIoU (%) of the decoder and of
-    the pseudo labels. Records are those of ``metrics.jsonl`` (iter, loss, seg_loss, aff_loss, lr) and
-    ``val.jsonl`` (iter, seg_miou, pseudo_miou). Returns the (H, W, 3) uint8 picture and the panels' geometry."""
+    the pseudo labels. Records are those of ``metrics.jsonl`` (iter, loss, one ``<term>_loss`` per loss term, lr)
+    and ``val.jsonl`` (iter, seg_miou, pseudo_miou); the loss panel draws ``loss`` and every ``*_loss`` key, in the
+    order they first appear. Returns the (H, W, 3) uint8 picture and the panels' geometry."""
     iters = [float(m["iter"]) for m in metrics] + [float(v["iter"]) for v in val]
     x_range = (min(iters, default=0.0), max(iters, default=1.0))
     if x_range[1] <= x_range[0]:
@@ -337,10 +340,11 @@ def render_curves(metrics: Sequence[dict], val: Sequence[dict], width: int = 900
     col = lambda rows, key: [float(r[key]) if r.get(key) is not None else math.nan for r in rows]  # noqa: E731
     steps = [float(m["iter"]) for m in metrics]
     val_steps = [float(v["iter"]) for v in val]
+    names = list(dict.fromkeys(k for m in metrics for k in m if k == "loss" or k.endswith("_loss")))
+    colours = SERIES_COLOURS[:3] + MORE_LOSS_COLOURS
     panels = [
-        ("training losses", [Series("loss", steps, col(metrics, "loss"), SERIES_COLOURS[0]),
-                                     Series("seg_loss", steps, col(metrics, "seg_loss"), SERIES_COLOURS[1]),
-                                     Series("aff_loss", steps, col(metrics, "aff_loss"), SERIES_COLOURS[2])]),
+        ("training losses", [Series(name, steps, col(metrics, name), colours[i % len(colours)])
+                             for i, name in enumerate(names)]),
         ("learning rate", [Series("lr", steps, col(metrics, "lr"), SERIES_COLOURS[3])]),
         ("validation mIoU (%)", [
             Series("seg (decoder)", val_steps, [100 * v for v in col(val, "seg_miou")], SERIES_COLOURS[0], True),

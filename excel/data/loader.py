@@ -12,6 +12,8 @@ from excel.data.coco import COCODataset
 from excel.data.transforms import AugmentConfig
 from excel.data.voc import DatasetError, VOCDataset
 
+TEST_ROOT_FILE = "test_root.txt"  # in the lists folder: where the test images are (prepare_voc --test-root)
+
 log = logging.getLogger(__name__)
 
 DEFAULT_NUM_CLASSES = {"voc": 20, "coco": 80}
@@ -39,7 +41,9 @@ def build_dataset(cfg: DictConfig, split: str | None = None, stage: str = "train
 
     Args:
         split: list name; None = ``data.train_split`` (train), ``eval.split`` (val) or ``test``.
-        stage: ``train`` | ``val`` | ``test``. Test images are read from ``data.test_root`` when it is set.
+        stage: ``train`` | ``val`` | ``test``. Test images are read from ``data.test_root`` when it is set, else
+            from the folder named in ``<list_dir>/test_root.txt`` (``tools/prepare_voc.py --test-root``), else
+            from ``data.root``.
     """
     data = cfg.data
     if data.name not in ("voc", "coco", "custom"):
@@ -50,6 +54,9 @@ def build_dataset(cfg: DictConfig, split: str | None = None, stage: str = "train
     list_dir = Path(data.list_dir) if data.list_dir else root / "lists"
     if stage == "test" and data.test_root:
         root = Path(data.test_root)
+    elif stage == "test" and (list_dir / TEST_ROOT_FILE).is_file():  # written by tools/prepare_voc.py --test-root
+        root = Path((list_dir / TEST_ROOT_FILE).read_text(encoding="utf-8").strip())
+        log.info("test images from %s (%s)", root, list_dir / TEST_ROOT_FILE)
     kwargs = dict(list_dir=list_dir, stage=stage, augment=augment_config(cfg), image_dir=data.image_dir,
                   label_dir=data.label_dir, num_classes=num_foreground_classes(cfg),
                   ignore_index=int(data.ignore_index))

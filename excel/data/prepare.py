@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from excel.data.coco import PREFIXES, coco_label_path, find_coco_folders
+from excel.data.loader import TEST_ROOT_FILE
+from excel.data.sbd import convert_sbd
 from excel.data.synthetic import VOC_CLASSES
 from excel.data.voc import DatasetError, load_image, load_label, multi_hot, read_list, save_cls_labels
 from excel.utils.io import atomic_write_text
@@ -124,7 +126,7 @@ def prepare_voc(root: str | os.PathLike, out: str | os.PathLike | None = None,
                 sbd_root: str | os.PathLike | None = None, image_dir: str = "JPEGImages",
                 label_dir: str = "SegmentationClassAug", num_classes: int | None = None, deep: bool = False,
                 drop_bad: bool = False, class_names: Sequence[str] | None = None, val_fraction: float = 0.2,
-                seed: int = 0) -> PrepareReport:
+                seed: int = 0, test_root: str | os.PathLike | None = None) -> PrepareReport:
     """Write VOC lists and ``cls_labels_onehot.npy`` into ``out`` (default ``<root>/lists``).
 
     ``num_classes`` (foreground classes C, mask values 1..C) None: C is the highest mask value found (255 = ignore),
@@ -137,19 +139,36 @@ def prepare_voc(root: str | os.PathLike, out: str | os.PathLike | None = None,
 
     ``train_aug`` = (SBD ids | VOC train) - VOC val - VOC test, where the SBD ids are ``<sbd_root>/{train,val}.txt``
     (both, as in the usual 10582-image set), or the ids of ``<sbd_root>/SegmentationClassAug/*.png``, or, without
-    ``sbd_root``, every mask in ``<root>/<label_dir>``. ``train``/``val``/``test``/``trainval`` are copied from
-    ``ImageSets/Segmentation`` when present. Raises DatasetError for a missing folder.
+    ``sbd_root``, every mask in ``<root>/<label_dir>``. When ``<sbd_root>/cls`` holds SBD's ``.mat`` files, the
+    missing masks of ``<root>/<label_dir>`` are first converted from them (:func:`excel.data.sbd.convert_sbd`).
+    ``train``/``val``/``test``/``trainval`` are copied from ``ImageSets/Segmentation`` when present.
+
+    ``test_root``: the VOC 2012 test download (``<test_root>/JPEGImages``, ``<test_root>/ImageSets/Segmentation/
+    test.txt``); its ids become ``test.txt`` and its path is written to ``test_root.txt`` in the lists folder, where
+    the datasets look for the test images when ``data.test_root`` is unset. Raises DatasetError for a missing
+    folder.
     """
     root = _need_dir(Path(root), "VOC root")
     images = _need_dir(root / image_dir, "image")
+    report = PrepareReport()
+    if sbd_root is not None and (Path(sbd_root) / "cls").is_dir():
+        report.notes.append(convert_sbd(root, sbd_root, root / label_dir).note(root / label_dir))
     masks = _need_dir(root / label_dir, "label")
     out = Path(out) if out is not None else root / "lists"
-    report = PrepareReport()
     lists: dict[str, list[str]] = {}
     for name in VOC_LISTS:
         path = root / "ImageSets" / "Segmentation" / f"{name}.txt"
         if path.is_file():
             lists[name] = read_list(path)
+    test_images = images
+    if test_root is not None:
+        test_root = _need_dir(Path(test_root), "VOC test root").resolve()
+        test_list = test_root / "ImageSets" / "Segmentation" / "test.txt"
+        if not test_list.is_file():
+            raise DatasetError(f"VOC test list not found: {test_list} (the VOC 2012 test download has it)")
+        lists["test"] = read_list(test_list)
+        test_images = _need_dir(test_root / image_dir, "test image")
+        report.notes.append(f"test: {len(lists['test'])} ids from {test_list}, images in {test_images}")
     if "val" not in lists:
         seeded_split(lists, sorted(p.stem for p in masks.glob("*.png")), val_fraction, seed, report,
                      root / "ImageSets" / "Segmentation")
@@ -173,7 +192,7 @@ def prepare_voc(root: str | os.PathLike, out: str | os.PathLike | None = None,
     with_masks = sorted({n for k, v in lists.items() for n in v if k != "test"} - test)
     labels = _scan(report, with_masks, lambda n: images / f"{n}.jpg", lambda n: masks / f"{n}.png",
                    MAX_MASK_VALUE if num_classes is None else num_classes, deep, read_masks=True)
-    _scan(report, sorted(test), lambda n: images / f"{n}.jpg", None, 0, deep, read_masks=False)
+    _scan(report, sorted(test), lambda n: test_images / f"{n}.jpg", None, 0, deep, read_masks=False)
     if num_classes is None:
         num_classes = inferred_class_count(labels, masks, report)
         labels = {k: v[:num_classes] for k, v in labels.items()}
@@ -181,6 +200,9 @@ def prepare_voc(root: str | os.PathLike, out: str | os.PathLike | None = None,
         _hint_class_count(report, masks, num_classes)
     labels = annotation_labels(root / ANNOTATION_DIR, labels, class_names, report)
     _write(out, lists, labels, report, drop_bad)
+    if test_root is not None and report.written:
+        atomic_write_text(out / TEST_ROOT_FILE, f"{test_root}\n")
+        report.written[TEST_ROOT_FILE] = 1
     return report
 
 

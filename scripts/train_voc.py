@@ -15,12 +15,14 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
+from excel.engine import dist
 from excel.engine.cli import parse_config, run_cli
 from excel.engine.train import train
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     cfg = parse_config(argv, "Train ExCEL on PASCAL VOC 2012.", "voc.yaml")
+    dist.init_distributed(cfg.run.device, timeout=cfg.run.dist_timeout)  # under torchrun; train() leaves it
     return train(cfg)
 
 

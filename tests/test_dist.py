@@ -111,3 +111,92 @@ def test_collective_checker_refuses_raw_collectives(tmp_path):
     assert "helper ok" in proc.stdout
     assert "refused: collective all_reduce called from __main__" in proc.stdout
     assert checked_calls(report) == [(0, "barrier", "cpu", "excel.engine.dist")]
+
+
+def _leader_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    """Three processes as two machines: ranks 0, 1 on the first (local ranks 0, 1), rank 2 alone on the second."""
+    import time
+
+    local = {0: 0, 1: 1, 2: 0}[rank]
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(local),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    dist.init_distributed(backend="gloo", timeout=60)
+    cache = Path(out_dir) / f"cache_node{0 if rank < 2 else 1}"
+    try:
+        def fetch() -> str:                      # the slow download: only the first process of each machine
+            time.sleep(0.5)
+            cache.mkdir(exist_ok=True)
+            (cache / f"fetched_by_{rank}").write_text("weights")
+            return "fetched"
+
+        def read() -> str:                       # the others: the cache is complete when they get here
+            return "read " + ",".join(sorted(p.name for p in cache.iterdir()))
+
+        first = dist.node_leader_first(fetch, read)
+
+        def broken() -> str:
+            if rank == 2:
+                raise ValueError("no network on this machine")
+            return "fine"
+
+        try:
+            second = dist.node_leader_first(broken, lambda: "unreachable")
+        except (RuntimeError, ValueError) as err:
+            second = f"{type(err).__name__}: {err}"
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"first": first, "second": second}))
+    finally:
+        dist.cleanup()
+
+
+@pytest.mark.slow
+def test_node_leader_first_fetches_once_per_machine(tmp_path):
+    mp.spawn(_leader_worker, args=(3, _free_port(), str(tmp_path)), nprocs=3, join=True)
+    got = {rank: json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(3)}
+    assert [got[r]["first"] for r in range(3)] == ["fetched", "read fetched_by_0", "fetched"]
+    assert sorted(p.name for p in (tmp_path / "cache_node1").iterdir()) == ["fetched_by_2"]
+    # a failing leader stops every process at once, with its message, instead of a hang until the timeout
+    assert got[2]["second"] == "ValueError: no network on this machine"
+    for rank in (0, 1):
+        assert got[rank]["second"] == ("RuntimeError: rank 2, the first process of its machine, failed: "
+                                       "ValueError: no network on this machine")
+    assert dist.node_leader_first(lambda: "alone", lambda: "never") == "alone"   # no process group
+
+
+def _timeout_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    import time
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    dist.init_distributed(backend="gloo", timeout=2)
+    try:
+        if rank == 0:
+            start = time.monotonic()
+            try:
+                dist.barrier()                    # rank 1 is busy for 8 s: the 2 s timeout ends the wait
+                outcome = "passed"
+            except RuntimeError as err:
+                outcome = f"timed out: {type(err).__name__}"
+            Path(out_dir, "rank0.json").write_text(json.dumps({"outcome": outcome,
+                                                               "seconds": time.monotonic() - start}))
+        else:
+            time.sleep(8)
+    finally:
+        dist.cleanup()
+
+
+@pytest.mark.slow
+def test_dist_timeout_bounds_a_wait(tmp_path, no_torchrun_env):
+    mp.spawn(_timeout_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    got = json.loads((tmp_path / "rank0.json").read_text())
+    assert got["outcome"].startswith("timed out") and got["seconds"] < 7, got
+    from excel.config import ConfigError
+
+    with pytest.raises(ConfigError, match="run.dist_timeout=0: expected a positive number of seconds"):
+        os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+        try:
+            dist.init_distributed(backend="gloo", timeout=0)
+        finally:
+            for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+                os.environ.pop(key)

@@ -180,14 +180,20 @@ def load_clip(name: str, pretrained: str | None, force_quick_gelu: bool = True,
         if pretrained not in tags:
             raise ValueError(f"model.clip.pretrained={pretrained!r} is neither a file nor a pretrained tag of "
                              f"{name} (tags: {tags or 'none'}); give a checkpoint path or null for random init")
-        unreachable = not hub_reachable()  # then only the cache is tried: no minute of download retries
-        try:
-            with _hub_cache_only(unreachable):
-                model = create(pretrained)
-        except RuntimeError as err:
-            if "Failed to download" not in str(err):
-                raise
-            raise ClipWeightsError(_offline_hint(name, pretrained, cache_dir)) from err
+        from excel.engine.dist import node_leader_first  # only here: the one step that may download
+
+        def fetch(cache_only: bool) -> nn.Module:
+            try:
+                with _hub_cache_only(cache_only):
+                    return create(pretrained)
+            except RuntimeError as err:
+                if "Failed to download" not in str(err):
+                    raise
+                raise ClipWeightsError(_offline_hint(name, pretrained, cache_dir)) from err
+
+        # one process per machine downloads into the cache (only the cache when the hub does not answer: no
+        # minute of download retries); the others wait for it, then read the cache
+        model = node_leader_first(lambda: fetch(not hub_reachable()), lambda: fetch(True))
         log.info("built %s with open_clip weights '%s'", name, pretrained)
     model.eval()
     model.requires_grad_(False)

@@ -6,9 +6,10 @@ initialised and every helper answers as a single process would: rank 0, world si
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import os
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as tdist
@@ -18,7 +19,8 @@ from excel.config import ConfigError, resolve_device
 log = logging.getLogger(__name__)
 
 __all__ = ["init_distributed", "is_distributed", "get_rank", "get_world_size", "get_local_rank", "barrier",
-           "all_reduce_sum", "broadcast_object", "all_gather_object", "group_device", "cleanup", "local_device"]
+           "all_reduce_sum", "broadcast_object", "all_gather_object", "group_device", "cleanup", "local_device",
+           "node_leader_first"]
 
 T = TypeVar("T")
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -32,7 +34,8 @@ def _env_int(key: str) -> int:
         raise ValueError(f"environment variable {key}={value!r} is not an integer (set by torchrun)") from err
 
 
-def init_distributed(device: str = "auto", backend: str | None = None) -> tuple[int, int, int]:
+def init_distributed(device: str = "auto", backend: str | None = None,
+                     timeout: float | None = None) -> tuple[int, int, int]:
     """Join the torchrun process group if the environment asks for one.
 
     Args:
@@ -40,6 +43,9 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> tuple[
             group of several processes a device index (``cuda:1``) is refused: each process takes
             ``cuda:(LOCAL_RANK % device_count)``, so one GPU per task (SLURM) and one process per GPU both work.
         backend: force a backend instead (tests).
+        timeout: seconds a collective may wait before the group gives up (``run.dist_timeout``); None keeps
+            torch's default. Waits for rank 0 (building the TSE bank, one download of the CLIP weights per
+            machine) count against it.
     Returns:
         (rank, world_size, local_rank); (0, 1, 0) for a plain single process. Calling it again returns the
         values of the existing group.
@@ -62,10 +68,13 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> tuple[
             raise ConfigError(f"the nccl backend needs run.device=cuda (or auto on a GPU host), got {device!r}")
         device_id = resolved
         torch.cuda.set_device(device_id)
+    if timeout is not None and not float(timeout) > 0:
+        raise ConfigError(f"run.dist_timeout={timeout!r}: expected a positive number of seconds")
+    extra = {"timeout": datetime.timedelta(seconds=float(timeout))} if timeout is not None else {}
     tdist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
-                             device_id=device_id)
-    log.info("joined process group: backend %s, rank %d/%d, local rank %d, device %s", backend, rank, world_size,
-             local_rank, resolved)
+                             device_id=device_id, **extra)
+    log.info("joined process group: backend %s, rank %d/%d, local rank %d, device %s%s", backend, rank, world_size,
+             local_rank, resolved, f", timeout {float(timeout):g} s" if timeout is not None else "")
     return rank, world_size, local_rank
 
 
@@ -161,6 +170,34 @@ def all_gather_object(obj: T) -> list[T]:
     out: list[Any] = [None] * get_world_size()
     tdist.all_gather_object(out, obj)
     return out
+
+
+def node_leader_first(leader: Callable[[], T], others: Callable[[], T]) -> T:
+    """``leader()`` on local rank 0 of every machine while the other processes wait at a barrier, then
+    ``others()`` on them (e.g. the first downloads the CLIP weights into the cache, the rest read the cache).
+
+    Without a process group this is ``leader()``. An error on a machine's leader reaches every process: the
+    leaders' outcomes are gathered (that is the barrier), and each process raises the first failure's
+    ``RuntimeError`` rather than waiting for the group's timeout."""
+    if not is_distributed() or get_world_size() == 1:
+        return leader()
+    is_leader = get_local_rank() == 0
+    result: Any = None
+    error = ""
+    if is_leader:
+        try:
+            result = leader()
+        except Exception as err:  # noqa: BLE001 - sent to every process, raised again below
+            error = f"{type(err).__name__}: {err}"
+            failure = err
+    outcomes = all_gather_object((get_rank(), error))
+    failed = [(rank, message) for rank, message in outcomes if message]
+    if failed:
+        if is_leader and error:
+            raise failure
+        rank, message = failed[0]
+        raise RuntimeError(f"rank {rank}, the first process of its machine, failed: {message}")
+    return result if is_leader else others()
 
 
 def cleanup() -> None:

@@ -55,7 +55,7 @@ def run_sharded(cfg: DictConfig, tool: str, body: Callable[["ShardedRun"], T]) -
     """``body(ShardedRun(cfg, tool))`` on every rank. The process group is joined when torchrun asks for one
     (``run.device`` picks the backend) and left afterwards when this call joined it; the CRF pool is closed."""
     owns_group = not dist.is_distributed()
-    dist.init_distributed(cfg.run.device)
+    dist.init_distributed(cfg.run.device, timeout=cfg.run.dist_timeout)
     run = None
     try:
         run = ShardedRun(cfg, tool)

@@ -7,12 +7,13 @@ import torch
 
 from excel.backbone import load_clip
 from excel.data.world import World
-from excel.organism.pretrain import (PatchSubset, PretrainConfig, average_precision, dropout_on, encode_captions,
-                                    keep_patches, lr_at, pretrain, view_of_scene)
+from excel.organism.pretrain import (PatchSubset, PretrainConfig, average_precision, crop_views, draw_boxes,
+                                    dropout_on, ema_update, encode_captions, encode_image_dense, keep_patches,
+                                    local_loss, lr_at, pretrain, region_means, value_path, view_of_scene)
 from excel.organism.weights import OrganismWeightsError, load_organism_weights, save_organism_weights
 
 TINY = dict(model="excel-tiny", image_size=224, steps=4, batch_size=4, warmup=2, eval_every=2, eval_images=8,
-            ckpt_every=2, num_workers=0)
+            ckpt_every=2, num_workers=0, local_images=2)
 
 
 def test_average_precision_by_hand():
@@ -53,12 +54,12 @@ def test_resume_gives_the_same_model(tmp_path):
         pretrain(PretrainConfig(**{**TINY, "lr": 0.5}), tmp_path / "b", progress=False)
     with pytest.raises(ValueError, match="other settings"):
         pretrain(PretrainConfig(**{**TINY, "object_scale": 2.0}), tmp_path / "b", progress=False)
-    # a checkpoint written before a setting existed counts with the value it was trained with
-    from excel.organism.pretrain import _identity
-    old = {k: v for k, v in ckpt["config"].items() if k not in ("object_scale", "patch_dropout", "full_view_steps")}
-    before = {**ckpt["config"], "patch_dropout": 0.0, "full_view_steps": 0.0}
-    assert _identity(old) == _identity(before) != _identity(ckpt["config"])
-    assert _identity(old) != _identity({**before, "object_scale": 2.0})
+    with pytest.raises(ValueError, match="other settings"):
+        pretrain(PretrainConfig(**{**TINY, "local_weight": 0.0}), tmp_path / "b", progress=False)
+    # the teacher is saved and resumed too
+    ta = torch.load(tmp_path / "a" / "last.pth", weights_only=False)["teacher"]
+    tb = torch.load(tmp_path / "b" / "last.pth", weights_only=False)["teacher"]
+    assert all(torch.equal(ta[k], tb[k]) for k in ta) and not torch.equal(ta["visual.proj"], a["visual.proj"])
 
 
 def test_captions_encoded_up_to_the_longest_one_equal_the_full_encoding(tiny_clip):
@@ -129,3 +130,75 @@ def test_weight_file_round_trip_and_refusals(tmp_path, tiny_clip):
         load_organism_weights(fresh, tmp_path / "other.pt")
     with pytest.raises(OrganismWeightsError, match="excel-organism"):
         load_organism_weights(load_clip("excel-organism", None), path)
+
+
+def test_dense_path_keeps_the_image_embedding_and_reads_the_value_path(tiny_clip):
+    x = torch.randn(2, 3, 224, 224)
+    visual = tiny_clip.visual
+    with torch.no_grad():
+        pooled, dense = encode_image_dense(visual, x)
+        torch.testing.assert_close(pooled, tiny_clip.encode_image(x), atol=1e-5, rtol=1e-5)
+        # the value path by hand: one head's attention replaced by the identity is out_proj(v)
+        h = visual._embeds(x)
+        for block in visual.transformer.resblocks[:-1]:
+            h = block(h)
+        last = visual.transformer.resblocks[-1]
+        w = h.shape[-1]
+        y = last.ln_1(h)
+        v = y @ last.attn.in_proj_weight[2 * w:].T + last.attn.in_proj_bias[2 * w:]
+        z = h + v @ last.attn.out_proj.weight.T + last.attn.out_proj.bias
+        z = z + last.mlp(last.ln_2(z))
+        torch.testing.assert_close(value_path(last, h), z)
+        torch.testing.assert_close(dense, visual.ln_post(z[:, 1:]) @ visual.proj)
+    assert dense.shape == (2, 196, tiny_clip.text_projection.shape[1])
+
+
+def test_boxes_lie_on_the_grid():
+    boxes = draw_boxes(12, 500, torch.Generator().manual_seed(0))
+    side = boxes[:, 2:] - boxes[:, :2]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 12).all()
+    assert side.min() == 3 and side.max() == 12
+    assert torch.equal(draw_boxes(12, 5, torch.Generator().manual_seed(4)),
+                       draw_boxes(12, 5, torch.Generator().manual_seed(4)))
+
+
+def test_region_means_by_hand():
+    # a 3 x 3 grid; image 0 has every patch (feature = its index), image 1 kept patches 0, 4, 8 only
+    dense_full = torch.arange(9.0).view(1, 9, 1)
+    boxes = torch.tensor([[[0, 0, 2, 2]], [[1, 1, 3, 3]]])          # top-left 2 x 2, bottom-right 2 x 2
+    means, valid = region_means(dense_full.expand(2, 9, 1), None, boxes, 3)
+    assert means.flatten().tolist() == [(0 + 1 + 3 + 4) / 4, (4 + 5 + 7 + 8) / 4] and valid.all()
+    kept = torch.tensor([[0, 4, 8], [0, 4, 8]])
+    means, valid = region_means(torch.tensor([[[0.0], [4.0], [8.0]]] * 2), kept, boxes, 3)
+    assert means.flatten().tolist() == [(0 + 4) / 2, (4 + 8) / 2]
+    empty = torch.tensor([[[0, 1, 1, 3]], [[0, 0, 1, 1]]])          # image 0's box holds none of 0, 4, 8
+    means, valid = region_means(torch.tensor([[[0.0], [4.0], [8.0]]] * 2), kept, empty, 3)
+    assert valid.tolist() == [[False], [True]] and means.flatten().tolist() == [0.0, 0.0]
+
+
+def test_crop_views_cut_the_box_pixels():
+    images = torch.arange(2 * 3 * 32 * 32, dtype=torch.float).view(2, 3, 32, 32)
+    boxes = torch.tensor([[[0, 0, 1, 1]], [[1, 0, 2, 2]]])           # patch 16: pixels [0:16, 0:16], [16:32, 0:32]
+    crops = crop_views(images, boxes, 16, 16)
+    assert crops.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(crops[0], images[0, :, :16, :16])
+    torch.testing.assert_close(crops[1], torch.nn.functional.interpolate(images[1:, :, 16:, :], size=(16, 16),
+                                                                         mode="bilinear")[0])
+
+
+def test_local_loss_is_zero_when_regions_match_the_teacher(tiny_clip):
+    x = torch.randn(2, 3, 224, 224)
+    boxes = torch.tensor([[[0, 0, 14, 14]], [[0, 0, 14, 14]]])       # the whole grid: the crop is the image
+    with torch.no_grad():
+        target = tiny_clip.encode_image(x)
+    dense = target[:, None].expand(2, 196, target.shape[1]) * 3.0   # every patch the image's embedding, scaled
+    assert float(local_loss(tiny_clip, x, boxes, dense, None, 16)) == pytest.approx(0.0, abs=1e-5)
+    assert float(local_loss(tiny_clip, x, boxes, -dense, None, 16)) == pytest.approx(2.0, abs=1e-5)
+
+
+def test_ema_update_by_hand():
+    teacher, student = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        teacher.weight.fill_(1.0), student.weight.fill_(3.0)
+    ema_update(teacher, student, 0.75)
+    assert teacher.weight.flatten().tolist() == [1.5, 1.5]

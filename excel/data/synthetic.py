@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from excel.data.palette import voc_palette
 from excel.data.voc import multi_hot, save_cls_labels
-from excel.data.world import World
+from excel.data.world import Scene, World
 from excel.utils.io import atomic_path, atomic_write_text
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -67,6 +67,13 @@ def draw_sample(rng: np.random.Generator, h: int, w: int, world: World,
     return image, ignore_band(scene.mask)
 
 
+def voc_scene(seed: int, index: int, size: Size, world: World) -> Scene:
+    """Scene ``index`` (1-based over train, val, test in that order) of :func:`make_synthetic_voc`'s dataset."""
+    rng = np.random.default_rng([seed, _STREAM, index])
+    h, w = _pick_size(rng, size)
+    return world.render(rng, h, w)
+
+
 def _save_jpeg(array: np.ndarray, path: Path) -> None:
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format="JPEG", quality=92)
@@ -114,9 +121,8 @@ def make_synthetic_voc(root: str | os.PathLike, num_train: int = 8, num_val: int
             bar.update(1)
             index += 1
             name = f"2007_{index:06d}"
-            rng = np.random.default_rng([seed, _STREAM, index])
-            h, w = _pick_size(rng, size)
-            image, mask = draw_sample(rng, h, w, world)
+            scene = voc_scene(seed, index, size, world)
+            image, mask = scene.image, ignore_band(scene.mask)
             _save_jpeg(image, root / "JPEGImages" / f"{name}.jpg")
             if split != "test":
                 _save_palette_png(mask, root / "SegmentationClassAug" / f"{name}.png")

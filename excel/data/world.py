@@ -4,7 +4,8 @@ Every class is written once as data (:data:`VOC_SIGNATURES`): a colour, a shape 
 typical size and a typical surrounding. No two classes share both colour and shape, so the classes are separable
 at a glance, while shared attributes (two classes per colour, shapes and patterns reused) give the knowledge base
 real attributes to add. The VOC background names are textures of this world (sky, grass, water, road, wall, ...),
-so background prompts mean something. Scenes hold 1-3 objects (overlaps allowed) on a two-part background with
+so background prompts mean something. Scenes follow PASCAL VOC 2012's statistics (1-3 classes, 1-4 instances
+of a class, about 30 % foreground; overlaps and truncation allowed) on a two-part background with
 distractor blobs in colours no class uses. Everything is a function of the random generator passed in.
 
 The same world gives captions for the organism CLIP's pretraining (:meth:`World.caption`) and the organism's
@@ -26,7 +27,16 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("disc", "box", "triangle", "star", "cross", "ring", "diamond", "hexagon", "crescent", "bar", "corner",
           "heart", "arrow")
 PATTERNS = ("plain", "stripes", "spots", "checks")
-SIZES: dict[str, tuple[float, float]] = {"small": (0.16, 0.26), "medium": (0.26, 0.40), "large": (0.40, 0.56)}
+# Scene statistics, set to PASCAL VOC 2012's (docs/organism.md; `python benchmarks/world_stats.py` prints both):
+# a lone object's median share of the image by its signature's size word; the log-normal spread of that share;
+# how the share shrinks with the number of objects n in the scene (divided by n ** CROWDING); the chances of 1, 2,
+# 3 classes in a scene and of 1..4 instances of a class; how much more often "person" appears than any other class.
+SIZES: dict[str, float] = {"small": 0.06, "medium": 0.16, "large": 0.31}
+AREA_SPREAD = 1.7
+CROWDING = 0.8
+CLASSES_PER_SCENE = (0.62, 0.27, 0.11)
+INSTANCES_PER_CLASS = (0.64, 0.21, 0.09, 0.06)
+PERSON_WEIGHT = 6.0
 
 # Words for each attribute: (adjective, noun phrase)
 SHAPE_WORDS: dict[str, tuple[str, str]] = {
@@ -163,23 +173,56 @@ def _shape_polygons(shape: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
 _ASPECT = {"box": (0.5, 0.75), "bar": (2.0, 2.8), "arrow": (0.55, 0.8)}  # height / width ranges
 
 
-def _shape_mask(rng: np.random.Generator, shape: str, side: float) -> np.ndarray:
-    """(bh, bw) bool mask of one randomly posed instance whose larger box side is about ``side`` px."""
+@dataclass(frozen=True)
+class Pose:
+    """A random pose of one instance: height/width ratio of its box and rotation (radians)."""
+    aspect: float
+    angle: float
+
+
+def _pose(rng: np.random.Generator, shape: str) -> Pose:
     lo, hi = _ASPECT.get(shape, (0.8, 1.25))
-    aspect = rng.uniform(lo, hi)
-    half_w, half_h = (side / 2, side / 2 * aspect) if aspect <= 1 else (side / 2 / aspect, side / 2)
-    angle = np.deg2rad(rng.uniform(-20, 20))
-    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    return Pose(float(rng.uniform(lo, hi)), float(np.deg2rad(rng.uniform(-20, 20))))
+
+
+def _posed_polygons(shape: str, pose: Pose, side: float) -> tuple[list[np.ndarray], int]:
+    """The shape's polygons (filled first, then cut-outs) in pixels for a larger box side of ``side``, and the
+    number of filled ones."""
+    half_w, half_h = (side / 2, side / 2 * pose.aspect) if pose.aspect <= 1 else (side / 2 / pose.aspect, side / 2)
+    rot = np.array([[np.cos(pose.angle), -np.sin(pose.angle)], [np.sin(pose.angle), np.cos(pose.angle)]])
     fill, cut = _shape_polygons(shape)
-    polys = [(p * [half_w, half_h]) @ rot.T for p in fill + cut]
+    return [(p * [half_w, half_h]) @ rot.T for p in fill + cut], len(fill)
+
+
+def _polygon_area(p: np.ndarray) -> float:
+    """Area of a simple polygon (P, 2) (shoelace)."""
+    x, y = p[:, 0], p[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def side_for_area(shape: str, pose: Pose, area: float) -> float:
+    """The larger box side (px) at which an instance of ``shape`` in ``pose`` covers about ``area`` pixels."""
+    polys, n_fill = _posed_polygons(shape, pose, 1.0)
+    unit = sum(_polygon_area(p) for p in polys[:n_fill]) - sum(_polygon_area(p) for p in polys[n_fill:])
+    return float(np.sqrt(max(area, 1.0) / max(unit, 1e-6)))
+
+
+def _raster(shape: str, pose: Pose, side: float) -> np.ndarray:
+    """(bh, bw) bool mask of ``shape`` in ``pose`` whose larger box side is about ``side`` px."""
+    polys, n_fill = _posed_polygons(shape, pose, side)
     allpts = np.concatenate(polys)
     lo_xy = allpts.min(0)
     bw, bh = (np.ceil(allpts.max(0) - lo_xy) + 1).astype(int)
     canvas = Image.new("L", (max(bw, 1), max(bh, 1)), 0)
     draw = ImageDraw.Draw(canvas)
     for i, p in enumerate(polys):
-        draw.polygon([tuple(q) for q in (p - lo_xy)], fill=1 if i < len(fill) else 0)
+        draw.polygon([tuple(q) for q in (p - lo_xy)], fill=1 if i < n_fill else 0)
     return np.asarray(canvas, dtype=bool)
+
+
+def _shape_mask(rng: np.random.Generator, shape: str, side: float) -> np.ndarray:
+    """(bh, bw) bool mask of one randomly posed instance whose larger box side is about ``side`` px."""
+    return _raster(shape, _pose(rng, shape), side)
 
 
 def _shade(rgb: tuple[int, int, int]) -> np.ndarray:
@@ -297,20 +340,22 @@ def _stuff(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
 @dataclass
 class Scene:
     """One rendered scene: ``image`` (H, W, 3) uint8, ``mask`` (H, W) uint8 (0 background, c+1 class c, no
-    ignore band), the visible classes (ascending), the background stuff kinds and the props drawn."""
+    ignore band), the visible classes (ascending), the background stuff kinds, the props drawn and the visible
+    instances as (class, visible pixels) in drawing order."""
     image: np.ndarray
     mask: np.ndarray
     classes: list[int]
     stuff: list[str]
     props: list[str] = field(default_factory=list)
+    instances: list[tuple[int, int]] = field(default_factory=list)
 
 
 class World:
     """A world of ``class_names`` (default: the 20 VOC classes) with the VOC prompt names for captions.
 
-    ``object_scale`` multiplies every object's side (the :data:`SIZES` ranges; capped at the image's short side).
-    1.0 is the world the shipped organism learned; the random draws are the same at any scale, so a scene differs
-    across scales only in its objects' sizes (and in what they hide).
+    ``object_scale`` multiplies every object's side (its area by the square). 1.0 is the world the shipped organism
+    learned, with VOC's statistics; the random draws are the same at any scale, so a scene differs across scales
+    only in its objects' sizes (and in what they hide).
     """
 
     def __init__(self, class_names: Sequence[str] | None = None, prompt_names: Sequence[str] | None = None,
@@ -341,12 +386,23 @@ class World:
         bottom = habitat if habitat in BOTTOMS else str(rng.choice(BOTTOMS))
         return str(rng.choice(TOPS)), bottom
 
+    def _draw_classes(self, rng: np.random.Generator, max_classes: int) -> list[int]:
+        """1..``max_classes`` distinct classes, with :data:`CLASSES_PER_SCENE` odds and person more frequent."""
+        odds = np.asarray(CLASSES_PER_SCENE[:max(1, max_classes)], float)
+        n = min(int(rng.choice(len(odds), p=odds / odds.sum())) + 1, self.num_classes)
+        weight = np.array([PERSON_WEIGHT if name == "person" else 1.0 for name in self.class_names])
+        return [int(c) for c in rng.choice(self.num_classes, size=n, replace=False, p=weight / weight.sum())]
+
     def render(self, rng: np.random.Generator, h: int, w: int, max_objects: int = 3,
                classes: Sequence[int] | None = None) -> Scene:
-        """Draw a scene of size (h, w) with 1..``max_objects`` objects (or exactly ``classes``)."""
+        """Draw a scene of size (h, w): 1..``max_objects`` classes with 1-4 instances each (VOC's statistics), or
+        exactly one instance of each class in ``classes``. Instances may overlap and run over the image border."""
         if classes is None:
-            n = int(rng.integers(1, max_objects + 1))
-            classes = [int(c) for c in rng.choice(self.num_classes, size=n, replace=n > self.num_classes)]
+            classes = self._draw_classes(rng, max_objects)
+            odds = np.asarray(INSTANCES_PER_CLASS, float)
+            instances = [c for c in classes for _ in range(int(rng.choice(len(odds), p=odds / odds.sum())) + 1)]
+        else:
+            instances = [int(c) for c in classes]
         top, bottom = self._layout(rng, classes)
         horizon = int(h * rng.uniform(0.35, 0.6)) if bottom else h
         img = np.empty((h, w, 3), np.float32)
@@ -372,24 +428,42 @@ class World:
             m = m[:h - y0, :w - x0]
             col = np.asarray(DISTRACTOR_COLOURS[int(rng.integers(len(DISTRACTOR_COLOURS)))], float)
             img[y0:y0 + m.shape[0], x0:x0 + m.shape[1]][m] = col + rng.normal(0, 5, (int(m.sum()), 3))
-        mask = np.zeros((h, w), np.uint8)
-        drawn: dict[int, int] = {}
-        for c in classes:
+        # each instance: a pose and an area share of the image, drawn before any is placed; the larger are drawn
+        # first, so the smaller stay visible on top of them
+        crowd = len(instances) ** CROWDING
+        posed = []
+        for c in instances:
             sig = self.signatures[c]
-            m = _shape_mask(rng, sig.shape, min(rng.uniform(*SIZES[sig.size]) * self.object_scale, 1.0) * short)
-            bh, bw = min(m.shape[0], h), min(m.shape[1], w)
-            m = m[:bh, :bw]
-            y0, x0 = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
-            tex = _object_texture(rng, sig, bh, bw)
-            img[y0:y0 + bh, x0:x0 + bw][m] = tex[m]
-            mask[y0:y0 + bh, x0:x0 + bw][m] = c + 1
+            pose = _pose(rng, sig.shape)
+            share = min(SIZES[sig.size] * float(np.exp(AREA_SPREAD * rng.standard_normal())) / crowd, 0.85)
+            side = side_for_area(sig.shape, pose, share * h * w) * self.object_scale
+            posed.append((side, c, pose))
+        mask = np.zeros((h, w), np.uint8)
+        ids = np.zeros((h, w), np.int16)                   # instance k + 1 where instance k is on top
+        drawn: dict[int, int] = {}
+        order = sorted(posed, key=lambda t: -t[0])
+        for k, (side, c, pose) in enumerate(order):
+            sig = self.signatures[c]
+            m = _raster(sig.shape, pose, min(side, 1.6 * max(h, w)))
+            bh, bw = m.shape
+            # the box may run over each border by up to a quarter of its side (VOC's truncated objects)
+            y0 = int(rng.integers(min(0, h - bh) - bh // 4, max(0, h - bh) + bh // 4 + 1))
+            x0 = int(rng.integers(min(0, w - bw) - bw // 4, max(0, w - bw) + bw // 4 + 1))
+            ys, xs = slice(max(y0, 0), min(y0 + bh, h)), slice(max(x0, 0), min(x0 + bw, w))
+            m = m[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+            tex = _object_texture(rng, sig, bh, bw)[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+            img[ys, xs][m] = tex[m]
+            mask[ys, xs][m] = c + 1
+            ids[ys, xs][m] = k + 1
             drawn[c] = drawn.get(c, 0) + int(m.sum())
         img += _noise(rng, 3, (h, w, 1))
         counts = np.bincount(mask.ravel(), minlength=self.num_classes + 1)
-        visible = sorted(c for c, area in drawn.items() if counts[c + 1] >= max(0.25 * area, 1))
+        visible = sorted(c for c, area in drawn.items() if area > 0 and counts[c + 1] >= max(0.25 * area, 1))
         for c in set(drawn) - set(visible):                # mostly hidden objects are not labelled
             mask[mask == c + 1] = 0
-        return Scene(np.clip(img, 0, 255).astype(np.uint8), mask, visible, stuff, props)
+        left = np.bincount(ids.ravel(), minlength=len(order) + 1)[1:]
+        instances = [(c, int(n)) for (_, c, _), n in zip(order, left) if c in visible and n > 0]
+        return Scene(np.clip(img, 0, 255).astype(np.uint8), mask, visible, stuff, props, instances)
 
     # -- words -----------------------------------------------------------------------------------------------
     def attribute_sentences(self, c: int) -> list[str]:

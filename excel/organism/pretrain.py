@@ -6,14 +6,20 @@ see them), and a caption naming the classes visible in that view. Fresh scenes e
 memorise a pool. The loss is open_clip's ``ClipLoss``. Held-out zero-shot multi-label mAP (the text bank's own
 prompt, "a clean origami {name}.") is printed as training goes.
 
-Two savings keep the default run within 45 min on two CPU cores: captions are encoded only up to the batch's
+Beside the contrastive loss, a local term makes the image tower's patch features, and so its late attention, local
+(CLIPSelf, Wu et al., ICLR 2024): for random boxes on the patch grid, the mean of the student's dense features
+inside a box (the last block's value path, as MaskCLIP reads dense features) is pulled, by cosine, towards the
+image embedding an EMA teacher gives the box's crop. Its weight is ``local_weight`` (0 switches it off).
+
+Two savings keep the default run within 90 min on two CPU cores: captions are encoded only up to the batch's
 longest one (exact: the text tower is causal), and for all but the closing ``full_view_steps`` of the run the image
 tower sees a random half of the patches (FLIP-style patch dropout, the kept patches drawn from (seed, step)); the
-closing steps see every patch, as the pipeline does. A checkpoint holds model, optimiser and step, is
+closing steps see every patch, as the pipeline does. A checkpoint holds model, teacher, optimiser and step, is
 written atomically, and a rerun resumes from it.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -36,6 +42,7 @@ from excel.utils.io import atomic_torch_save
 log = logging.getLogger(__name__)
 
 EVAL_SEED_OFFSET = 7_919  # the held-out stream: never used for training pairs
+LOCAL_SEED_OFFSET = 104_729  # the local term's boxes draw from their own stream
 
 
 @dataclass
@@ -44,16 +51,19 @@ class PretrainConfig:
 
     model: str = "excel-organism"
     image_size: int = 192
-    steps: int = 1600
+    steps: int = 1400
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.1
-    warmup: int = 160
+    warmup: int = 140
     seed: int = 0
     crop_prob: float = 0.5          # share of pairs seen through a random square crop
     object_scale: float = 1.0       # the world's object size factor (excel.data.world.World)
     patch_dropout: float = 0.5      # share of image patches dropped per view while dropout is on (0: never)
     full_view_steps: float = 0.15   # closing share of the steps that see every patch
+    local_weight: float = 1.0       # weight of the CLIPSelf-style local term (0: contrastive loss only)
+    local_images: int = 16          # images of each batch that get one box for the local term
+    ema_momentum: float = 0.99      # the local term's teacher: EMA of the model
     eval_every: int = 250
     eval_images: int = 256
     ckpt_every: int = 100
@@ -160,15 +170,10 @@ def zero_shot_map(model: nn.Module, tokenizer: Callable[[list[str]], Tensor], wo
 
 _BOOKKEEPING = ("eval_every", "eval_images", "ckpt_every", "num_workers")
 
-# Settings added since the first checkpoints were written, at the value those checkpoints were trained with.
-_BEFORE_ADDED = {"object_scale": 1.0, "patch_dropout": 0.0, "full_view_steps": 0.0}
-
 
 def _identity(config: dict) -> dict:
-    """The settings that decide the trained weights (a resume may change how often it evaluates or saves);
-    a setting added since a checkpoint was written counts at the value that checkpoint was trained with."""
-    full = {**asdict(PretrainConfig()), **_BEFORE_ADDED, **config}
-    return {k: v for k, v in full.items() if k not in _BOOKKEEPING}
+    """The settings that decide the trained weights (a resume may change how often it evaluates or saves)."""
+    return {k: v for k, v in config.items() if k not in _BOOKKEEPING}
 
 
 def dropout_on(step: int, cfg: PretrainConfig) -> bool:
@@ -176,15 +181,22 @@ def dropout_on(step: int, cfg: PretrainConfig) -> bool:
     return cfg.patch_dropout > 0 and step < round(cfg.steps * (1 - cfg.full_view_steps))
 
 
-def keep_patches(tokens: Tensor, drop: float, generator: torch.Generator) -> Tensor:
+def keep_patches(tokens: Tensor, drop: float, generator: torch.Generator,
+                 return_kept: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """(B, 1 + N, D) class token + patch tokens -> (B, 1 + K, D): the class token and, per image, K = N - round(drop
     * N) patches drawn without replacement (kept in grid order, each with its own position embedding already
-    added)."""
+    added); with ``return_kept`` also the (B, K) grid indices kept."""
     b, n = tokens.shape[0], tokens.shape[1] - 1
     k = max(1, n - round(drop * n))
     order = torch.rand(b, n, generator=generator).argsort(dim=1)[:, :k].sort(dim=1).values.to(tokens.device)
     patches = tokens[:, 1:].gather(1, order[..., None].expand(b, k, tokens.shape[2]))
-    return torch.cat([tokens[:, :1], patches], dim=1)
+    out = torch.cat([tokens[:, :1], patches], dim=1)
+    return (out, order) if return_kept else out
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator that is a function of (seed, step) alone, so a resumed run draws the same."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
 
 
 class PatchSubset(nn.Module):
@@ -195,10 +207,97 @@ class PatchSubset(nn.Module):
     def __init__(self, drop: float, seed: int, step: int):
         super().__init__()
         self.drop = drop
-        self.generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+        self.generator = _step_generator(seed, step)
+        self.kept: Tensor | None = None   # (B, K) grid indices of the patches the last training call kept
 
     def forward(self, x: Tensor) -> Tensor:
-        return keep_patches(x, self.drop, self.generator) if self.training else x
+        if not self.training:
+            return x
+        out, self.kept = keep_patches(x, self.drop, self.generator, return_kept=True)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The local term (CLIPSelf-style region-to-crop distillation)
+
+def value_path(block: nn.Module, x: Tensor) -> Tensor:
+    """One open_clip residual block with its attention replaced by each token's own value (MaskCLIP's dense
+    read-out): (B, N, W) -> (B, N, W), ``x + out_proj(v(ln_1 x))`` then the MLP."""
+    attn = block.attn
+    width = x.shape[-1]
+    v = F.linear(block.ln_1(x), attn.in_proj_weight[2 * width:], attn.in_proj_bias[2 * width:])
+    x = x + block.ls_1(attn.out_proj(v))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def encode_image_dense(visual: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, 3, S, S) -> (pooled (B, D), dense (B, K, D)): the tower's image embedding and, for each of the K
+    patches its ``patch_dropout`` slot lets through, the dense feature of :func:`value_path` on the last block
+    (ln_post and projection applied; neither is normalised)."""
+    x = visual._embeds(images)
+    *body, last = visual.transformer.resblocks
+    for block in body:
+        x = block(x)
+    pooled = visual.ln_post(last(x)[:, 0]) @ visual.proj
+    dense = visual.ln_post(value_path(last, x)[:, 1:]) @ visual.proj
+    return pooled, dense
+
+
+def draw_boxes(grid: int, count: int, generator: torch.Generator, min_side: int = 3) -> Tensor:
+    """(count, 4) boxes (y0, x0, y1, x1), end exclusive, on a ``grid`` x ``grid`` patch grid, each side drawn
+    uniformly from [min_side, grid] and the box placed uniformly inside the grid."""
+    side = torch.randint(min(min_side, grid), grid + 1, (count, 2), generator=generator)
+    start = (torch.rand(count, 2, generator=generator) * (grid - side + 1)).floor().long()
+    return torch.cat([start, start + side], dim=1)
+
+
+def region_means(dense: Tensor, kept: Tensor, boxes: Tensor, grid: int) -> tuple[Tensor, Tensor]:
+    """Mean dense feature of each box over the patches present.
+
+    Args:
+        dense: (B, K, D) features of the K patches present in each image.
+        kept: (B, K) their indices on the grid (row-major), or None when every patch is present (K = grid²).
+        boxes: (B, R, 4) boxes per image (:func:`draw_boxes`).
+    Returns:
+        (B, R, D) means, and (B, R) bool: whether the box held at least one present patch.
+    """
+    b, k, _ = dense.shape
+    index = kept if kept is not None else torch.arange(k, device=dense.device).expand(b, k)
+    row, col = (index // grid)[:, None], (index % grid)[:, None]                 # (B, 1, K)
+    y0, x0, y1, x1 = (boxes[..., i:i + 1].to(dense.device) for i in range(4))  # (B, R, 1) each
+    inside = ((row >= y0) & (row < y1) & (col >= x0) & (col < x1)).to(dense.dtype)  # (B, R, K)
+    count = inside.sum(-1)
+    return (inside @ dense) / count.clamp(min=1)[..., None], count > 0
+
+
+def crop_views(images: Tensor, boxes: Tensor, patch: int, size: int) -> Tensor:
+    """(B, 3, S, S) images and (B, R, 4) grid boxes -> (B * R, 3, size, size) crops of the boxes' pixels."""
+    crops = []
+    for image, image_boxes in zip(images, boxes):
+        for y0, x0, y1, x1 in (image_boxes * patch).tolist():
+            crops.append(F.interpolate(image[None, :, y0:y1, x0:x1], size=(size, size), mode="bilinear",
+                                       align_corners=False))
+    return torch.cat(crops)
+
+
+def local_loss(teacher: nn.Module, images: Tensor, boxes: Tensor, dense: Tensor, kept: Tensor | None,
+               patch: int) -> Tensor:
+    """1 - cosine between each box's mean student feature (:func:`region_means` of ``dense`` (B, K, D)) and the
+    teacher's image embedding of the box's crop (resized to the images' side, the resolution it was trained at),
+    averaged over the boxes that hold a present patch (0 if none does). ``boxes`` (B, R, 4)."""
+    grid = images.shape[-1] // patch
+    means, valid = region_means(dense, kept, boxes, grid)
+    with torch.no_grad():
+        target = teacher.encode_image(crop_views(images, boxes, patch, images.shape[-1]))
+    cos = F.cosine_similarity(means.flatten(0, 1), target, dim=-1).view(valid.shape)
+    return ((1 - cos) * valid).sum() / valid.sum().clamp(min=1)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter."""
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.lerp_(s, 1 - momentum)
 
 
 def encode_captions(model: nn.Module, tokens: Tensor) -> Tensor:
@@ -262,6 +361,11 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
         raise ValueError(f"patch_dropout {cfg.patch_dropout}: expected a share in [0, 1)")
     if not 0 <= cfg.full_view_steps <= 1:
         raise ValueError(f"full_view_steps {cfg.full_view_steps}: expected a share in [0, 1]")
+    if cfg.local_weight < 0 or not 0 <= cfg.local_images <= cfg.batch_size:
+        raise ValueError(f"local_weight {cfg.local_weight}, local_images {cfg.local_images}: expected a weight >= 0 "
+                         f"and 0..batch_size ({cfg.batch_size}) images")
+    if not 0 <= cfg.ema_momentum < 1:
+        raise ValueError(f"ema_momentum {cfg.ema_momentum}: expected a value in [0, 1)")
 
     work_dir = Path(work_dir)
     torch.manual_seed(cfg.seed)
@@ -272,6 +376,7 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
     tokenizer = load_tokenizer(cfg.model)
     world = World(object_scale=cfg.object_scale)
     model.to(dev)
+    teacher = copy.deepcopy(model).requires_grad_(False).eval()
     optimizer = build_optimizer(model, cfg)
     seen = torch.zeros(model.token_embedding.num_embeddings, dtype=torch.bool)
     history: list[dict] = []
@@ -283,6 +388,7 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
             raise ValueError(f"{ckpt_path} was written with other settings {state.get('config')}; "
                              f"use another work dir or the same settings")
         model.load_state_dict(state["model"])
+        teacher.load_state_dict(state["teacher"])
         optimizer.load_state_dict(state["optimizer"])
         step, seen, history, elapsed = state["step"], state["seen"], state["history"], state["elapsed"]
         log.info("resumed from %s at step %d", ckpt_path, step)
@@ -296,11 +402,14 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
     stream = iter(loader)
 
     def save() -> None:
-        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+        atomic_torch_save({"model": model.state_dict(), "teacher": teacher.state_dict(),
+                           "optimizer": optimizer.state_dict(), "step": step,
                            "seen": seen, "history": history, "elapsed": elapsed, "config": asdict(cfg)}, ckpt_path)
 
+    patch = model.visual.patch_size[0]
+    grid = cfg.image_size // patch
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain organism", disable=not progress, dynamic_ncols=True)
-    ema = None
+    ema = local_ema = None
     while step < cfg.steps:
         t0 = time.perf_counter()
         x, tokens = next(stream)
@@ -308,26 +417,39 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
         x, tokens = x.to(dev, non_blocking=True), tokens.to(dev, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        model.visual.patch_dropout = (PatchSubset(cfg.patch_dropout, cfg.seed, step) if dropout_on(step, cfg)
-                                      else nn.Identity())
-        img = F.normalize(model.encode_image(x), dim=-1)
+        subset = PatchSubset(cfg.patch_dropout, cfg.seed, step) if dropout_on(step, cfg) else nn.Identity()
+        model.visual.patch_dropout = subset
+        pooled, dense = encode_image_dense(model.visual, x)
         txt = F.normalize(encode_captions(model, tokens), dim=-1)
-        loss = loss_fn(img, txt, model.logit_scale.exp())
+        contrastive = loss_fn(F.normalize(pooled, dim=-1), txt, model.logit_scale.exp())
+        loss, local = contrastive, None
+        if cfg.local_weight > 0 and cfg.local_images > 0:
+            n = cfg.local_images
+            boxes = draw_boxes(grid, n, _step_generator(cfg.seed + LOCAL_SEED_OFFSET, step))[:, None]
+            kept = subset.kept[:n] if isinstance(subset, PatchSubset) else None
+            local = local_loss(teacher, x[:n], boxes, dense[:n], kept, patch)
+            loss = contrastive + cfg.local_weight * local
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
+        ema_update(teacher, model, cfg.ema_momentum)
         step += 1
         elapsed += time.perf_counter() - t0
-        value = loss.item()
+        value = contrastive.item()
         ema = value if ema is None else 0.95 * ema + 0.05 * value
+        if local is not None:
+            local_ema = local.item() if local_ema is None else 0.95 * local_ema + 0.05 * local.item()
         bar.update(1)
-        bar.set_postfix(loss=f"{ema:.3f}")
+        bar.set_postfix(loss=f"{ema:.3f}", local=f"{local_ema:.3f}" if local_ema is not None else "off")
         if step % cfg.eval_every == 0 or step == cfg.steps:
             m_ap = zero_shot_map(model, tokenizer, world, images, labels)
-            history.append({"step": step, "loss": ema, "zero_shot_map": m_ap, "seconds": round(elapsed, 1)})
-            bar.write(f"step {step}: loss {ema:.3f}  held-out zero-shot mAP {m_ap:.3f}  ({elapsed / 60:.1f} min)")
+            history.append({"step": step, "loss": ema, "local_loss": local_ema, "zero_shot_map": m_ap,
+                            "seconds": round(elapsed, 1)})
+            local_text = f"  local {local_ema:.3f}" if local_ema is not None else ""
+            bar.write(f"step {step}: loss {ema:.3f}{local_text}  held-out zero-shot mAP {m_ap:.3f}  "
+                      f"({elapsed / 60:.1f} min)")
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             save()
     bar.close()

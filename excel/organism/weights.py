@@ -17,7 +17,7 @@ from excel.errors import ExcelError
 from excel.utils.io import atomic_torch_save
 
 FORMAT = "excel-organism/1"
-SHIPPED = Path(__file__).resolve().parent.parent / "backbone" / "weights" / "excel-organism.pt"
+SHIPPED = Path(__file__).resolve().parent / "weights" / "excel-organism.pt"
 
 
 class OrganismWeightsError(ExcelError, RuntimeError):

@@ -259,7 +259,10 @@ def test_palette_colours_and_overlays():
     assert rgb[0].tolist() == [0, 0, 0] and rgb[1].tolist() == [128, 0, 0] and rgb[2].tolist() == [0, 128, 0]
     assert rgb[15].tolist() == [192, 128, 128] and rgb[20].tolist() == [0, 64, 128]
     assert len({tuple(c) for c in rgb[:21]}) == 21
-    assert all(r == g == b for r, g, b in rgb[21:255]) and tuple(rgb[21]) not in {tuple(c) for c in rgb[:21]}
+    assert rgb[255].tolist() == [224, 224, 192] and len({tuple(c) for c in rgb}) == 256
+    # COCO's 81 labels are at least 60 RGB units apart (VOC's bit map puts index 64 at (32, 0, 0), next to black)
+    coco = rgb[:81].astype(np.float64)
+    assert (np.sqrt(((coco[:, None] - coco[None]) ** 2).sum(-1)) + np.eye(81) * 1e9).min() >= 60
     label = np.array([[0, 1], [15, 255]])
     np.testing.assert_array_equal(colorize(label)[1, 0], [192, 128, 128])
     image = np.full((2, 2, 3), 100, np.uint8)

@@ -21,18 +21,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from excel.cam import PseudoLabeler
-from excel.data import build_dataset, voc_palette
+from excel.data import build_dataset
 from excel.data.transforms import to_uint8_rgb
 from excel.engine.checkpoint import load_trained_model
 from excel.engine.inference import resize_square
+from excel.engine.outputs import SplitOutputs, miou_text, percent
 from excel.engine.sharded import ShardedRun, eval_loader, run_sharded
 from excel.errors import UsageError
-from excel.evaluation import ConfusionMatrix
-from excel.evaluation.report import Gallery
 from excel.model import EncodeOutput, ExCEL, attn_pred
-from excel.utils.io import atomic_save_png
 from excel.utils.tensors import grid_side
-from excel.utils.vis import save_lam_overlays, save_overlay
+from excel.utils.vis import save_lam_overlays
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +68,7 @@ PSEUDO_TITLE, CRF_TITLE = "pseudo label", "pseudo label + CRF"
 
 
 class _LamRun:
-    """State of one infer_lam run on this rank: outputs, confusion matrices, the gallery."""
+    """One infer_lam run on this rank: the labeler step (the sink's labels) and the rerun's skipping."""
 
     def __init__(self, sharded: ShardedRun, model: ExCEL) -> None:
         cfg, out_dir, device = sharded.cfg, sharded.output_dir, sharded.device
@@ -78,17 +76,11 @@ class _LamRun:
         self.with_checkpoint = cfg.infer.checkpoint is not None
         self.labeler = PseudoLabeler.from_config(cfg, "infer").to(device)
         self.class_names = list(cfg.data.class_names)
-        self.names_bg = ["background", *self.class_names]
         self.mean, self.std = list(cfg.data.augment.mean), list(cfg.data.augment.std)
-        self.palette = voc_palette()
         self.label_dir, self.crf_dir = out_dir / "pseudo_labels", out_dir / "pseudo_labels_crf"
-        self.overlay_dir = out_dir / "overlays"
-        self.cm = ConfusionMatrix(len(self.names_bg), device=device)
-        self.crf_cm = ConfusionMatrix(len(self.names_bg), device="cpu")
+        self.out = SplitOutputs(cfg, out_dir, device, (PSEUDO_TITLE, CRF_TITLE))
         self.pool = sharded.crf_pool()
         self.skipped = 0
-        self.gallery = Gallery(out_dir, self.names_bg, int(cfg.infer.report_max_images), palette=self.palette,
-                               variants=[PSEUDO_TITLE, CRF_TITLE] if cfg.infer.crf else [PSEUDO_TITLE])
 
     def score_existing(self, item: dict[str, Any]) -> bool:
         """Score the files of an image done by an earlier run; False when it still has to be computed."""
@@ -96,14 +88,9 @@ class _LamRun:
         png, crf_png = self.label_dir / f"{name}.png", self.crf_dir / f"{name}.png"
         if not png.exists() or (self.pool is not None and not crf_png.exists()):
             return False
-        label = item["label"].to(self.device)
-        pred = _read_png(png)
-        self.cm.update(torch.from_numpy(pred).to(self.device).long()[None], label)
-        self._to_gallery(item, pred)
+        self._record(item, _read_png(png))
         if self.pool is not None:
-            crf = _read_png(crf_png)
-            self.crf_cm.update(torch.from_numpy(crf).long()[None], label.cpu())
-            self.gallery.add(name, crf, variant=CRF_TITLE)
+            self.out.record(name, _read_png(crf_png), item["label"][0], crf=True)
         self.skipped += 1
         return True
 
@@ -117,8 +104,7 @@ class _LamRun:
         self.drain(wait=False)
 
     def _finish(self, item: dict[str, Any], x: torch.Tensor, encoded: EncodeOutput, q: torch.Tensor | None) -> None:
-        name, image = item["name"][0], item["image"]
-        label = item["label"].to(self.device)
+        name, image, label = item["name"][0], item["image"], item["label"]
         cls_label = item["cls_label"].to(self.device)
         if self.pool is not None:
             # one image, so no padded class slots: the labels are the argmax after PAR, the CRF gets the un-PAR'd
@@ -126,41 +112,39 @@ class _LamRun:
             raw = self.labeler.scores(encoded, cls_label, x, label.shape[-2:], q, before_par=True)
             pred = self.labeler.refine(x, raw).labels()
             self.pool.submit(to_uint8_rgb(image[0], self.mean, self.std), raw.scores[0].cpu().numpy(),
-                             (name, raw.lut[0].cpu().numpy(), label.cpu()))
+                             (name, raw.lut[0].cpu().numpy(), label[0]))
         else:
             pred = self.labeler(encoded, cls_label, x, label.shape[-2:], q)
-        self.cm.update(pred, label)
-        pred_np = pred[0].to(torch.uint8).cpu().numpy()
-        atomic_save_png(pred_np, self.label_dir / f"{name}.png", palette=self.palette)
-        self._to_gallery(item, pred_np)
+        rgb = self._record(item, pred[0].to(torch.uint8).cpu().numpy(), png=True)
         if self.cfg.infer.save_overlays:
-            rgb = to_uint8_rgb(image[0], self.mean, self.std)
-            save_overlay(self.overlay_dir / f"{name}.png", rgb, pred_np, self.names_bg)
-            save_lam_overlays(self.overlay_dir / "cams", name, rgb, encoded.lam[0].float().cpu().numpy(),
+            save_lam_overlays(self.out.output_dir / "overlays" / "cams", name, rgb,
+                              encoded.lam[0].float().cpu().numpy(),
                               torch.nonzero(cls_label[0] > 0).flatten().tolist(), self.class_names)
+
+    def _record(self, item: dict[str, Any], pred: np.ndarray, png: bool = False) -> np.ndarray:
+        """Score, draw and (``png``) write one image's pseudo label; returns its (H, W, 3) uint8 picture."""
+        name = item["name"][0]
+        rgb = to_uint8_rgb(item["image"][0], self.mean, self.std)
+        self.out.record(name, pred, item["label"][0], png=self.label_dir / f"{name}.png" if png else None, rgb=rgb,
+                        overlay=png, links={"label": f"pseudo_labels/{name}.png",
+                                            "CRF label": f"pseudo_labels_crf/{name}.png",
+                                            "overlay": f"overlays/{name}.png"})
+        return rgb
 
     def drain(self, wait: bool) -> None:
         """Save and score the CRF results that are ready (all of them when ``wait``)."""
-        if self.pool is None:
-            return
-        for (name, lut, gt), labels in (self.pool.results() if wait else self.pool.ready()):
-            pred = lut[labels.astype(np.int64)].astype(np.uint8)
-            atomic_save_png(pred, self.crf_dir / f"{name}.png", palette=self.palette)
-            self.crf_cm.update(torch.from_numpy(pred).long()[None], gt)
-            self.gallery.add(name, pred, variant=CRF_TITLE)
+        def finish(meta: tuple[str, np.ndarray, torch.Tensor], labels: np.ndarray) -> None:
+            name, lut, gt = meta
+            self.out.record(name, lut[labels.astype(np.int64)].astype(np.uint8), gt, crf=True,
+                            png=self.crf_dir / f"{name}.png")
 
-    def _to_gallery(self, item: dict[str, Any], pred: np.ndarray) -> None:
-        name = item["name"][0]
-        self.gallery.add(name, pred, rgb=to_uint8_rgb(item["image"][0], self.mean, self.std),
-                         gt=item["label"][0].numpy(), links={"label": f"pseudo_labels/{name}.png",
-                                                             "CRF label": f"pseudo_labels_crf/{name}.png",
-                                                             "overlay": f"overlays/{name}.png"})
+        self.out.drain(self.pool, wait, finish)
 
     def summary_line(self, summary: dict[str, Any]) -> str:
         """The report page's one line of results."""
-        line = f"pseudo-label mIoU {100 * summary['miou']:.2f} (m-IoU {100 * summary['miou_plain']:.2f})"
+        line = "pseudo-label " + miou_text(summary)
         if self.cfg.infer.crf:
-            line += f", + CRF mIoU {100 * summary['crf_miou']:.2f}"
+            line += f", + CRF mIoU {percent(summary['crf_miou'])}"
         return line + f" on {summary['num_images']} images ({summary['mode']}, {summary['seconds']:.0f} s)"
 
 
@@ -197,27 +181,27 @@ def _infer_lam(sharded: ShardedRun) -> dict[str, Any]:
     if pending:
         run.process(pending)
     run.drain(wait=True)
-    matrices = {PSEUDO_TITLE: run.cm, **({CRF_TITLE: run.crf_cm} if cfg.infer.crf else {})}
+    matrices = run.out.matrices()
     sharded.reduce(*matrices.values())
-    scores = run.cm.compute()
+    scores = matrices[PSEUDO_TITLE].compute()
     summary: dict[str, Any] = {"split": split, "mode": mode, "miou": float(scores["miou"]),
                                "miou_plain": float(scores["miou_plain"]),
                                "num_images": min(len(dataset), cfg.infer.max_images or len(dataset)),
                                "skipped_existing": run.skipped, "seconds": time.perf_counter() - t_start}
     if cfg.infer.crf:
-        crf_scores = run.crf_cm.compute()
+        crf_scores = matrices[CRF_TITLE].compute()
         summary["crf_miou"] = float(crf_scores["miou"])
         summary["crf_miou_plain"] = float(crf_scores["miou_plain"])
     notes = [f"checkpoint: {checkpoint or 'none (training-free)'}; box threshold {cfg.infer.box_threshold}; "
              f"CRF {'on' if cfg.infer.crf else 'off'}"]
-    report = sharded.report(run.gallery, f"infer_lam: pseudo labels on {split}", run.summary_line(summary),
+    report = sharded.report(run.out.gallery, f"infer_lam: pseudo labels on {split}", run.summary_line(summary),
                             matrices, notes)
     if report is not None:
         summary["report"] = str(report)
     if rank == 0:
-        log.info("pseudo labels (%s) on %s:\n%s", mode, split, run.cm.table(run.names_bg))
+        log.info("pseudo labels (%s) on %s:\n%s", mode, split, run.out.table(PSEUDO_TITLE))
         if cfg.infer.crf:
-            log.info("pseudo labels + CRF on %s:\n%s", split, run.crf_cm.table(run.names_bg))
+            log.info("pseudo labels + CRF on %s:\n%s", split, run.out.table(CRF_TITLE))
         log.info("labels in %s (%d written, %d already there), %.1f s", run.label_dir,
                  summary["num_images"] - run.skipped, run.skipped, summary["seconds"])
     return sharded.finish(summary)

@@ -48,7 +48,7 @@ from excel.engine.inference import multiscale_logits, resize_square
 from excel.evaluation import crf_params, dense_crf
 from excel.evaluation.report import Gallery
 from excel.utils.io import atomic_save_png, atomic_write_json
-from excel.utils.palette import full_palette
+from excel.utils.palette import voc_palette
 from excel.utils.vis import save_overlay
 
 log = logging.getLogger(__name__)
@@ -301,7 +301,7 @@ def predict_images(predictor: Predictor, inputs: Sequence[str], output_dir: str 
     output_dir = Path(output_dir)
     paths = collect_images(inputs)
     names = ["background", *predictor.class_names]
-    palette = full_palette()
+    palette = voc_palette()
     atomic_write_json(output_dir / "classes.json", {str(i): n for i, n in enumerate(names)})
     gallery = Gallery(output_dir, names, int(predictor.cfg.infer.report_max_images), palette=palette,
                       variants=["prediction + CRF" if predictor.crf else "prediction"])

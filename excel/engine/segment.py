@@ -16,7 +16,6 @@ VOC and COCO differ only in the config: ``infer.flip_at_unit_scale`` (quirk 19) 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -27,18 +26,17 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from excel.data import build_dataset, voc_palette
+from excel.data import build_dataset
 from excel.data.transforms import to_uint8_rgb
 from excel.engine import dist
 from excel.engine.checkpoint import load_trained_model
 from excel.engine.inference import logit_size, multiscale_logits, upsample_logits
+from excel.engine.outputs import SplitOutputs, miou_text
 from excel.engine.sharded import ShardedRun, eval_loader, run_sharded
 from excel.errors import UsageError
-from excel.evaluation import ConfusionMatrix, CRFPool, crf_params
-from excel.evaluation.report import Gallery
-from excel.utils.io import atomic_path, atomic_save_png
+from excel.evaluation import CRFPool, crf_params
+from excel.utils.io import atomic_path
 from excel.utils.logging import git_revision
-from excel.utils.vis import save_overlay
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +51,6 @@ def test_png_path(output_dir: str | Path, name: str) -> Path:
     return Path(output_dir) / TEST_LAYOUT / f"{name}.png"
 
 
-def _scores(cm: ConfusionMatrix, names: list[str]) -> dict[str, Any]:
-    s = cm.compute()
-    clean = lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)  # noqa: E731
-    return {"miou": clean(s["miou"]), "miou_plain": clean(s["miou_plain"]), "pixel_acc": clean(s["pixel_acc"]),
-            "iou": {n: clean(float(v)) for n, v in zip(names, s["iou"])}}
-
-
 def _pending_indices(dataset: Any, output_dir: Path, test: bool, max_images: int | None) -> list[int]:
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     if not test:
@@ -68,40 +59,28 @@ def _pending_indices(dataset: Any, output_dir: Path, test: bool, max_images: int
 
 
 class _Run:
-    """State of one segmentation run on one rank: the confusion matrices, the gallery and the timers."""
+    """One segmentation run on one rank: the model step (the sink's labels) and the timers."""
 
     def __init__(self, cfg: DictConfig, output_dir: Path, test: bool, device: torch.device) -> None:
         self.cfg, self.output_dir, self.test, self.device = cfg, output_dir, test, device
-        self.names = ["background", *cfg.data.class_names]
-        self.raw_cm = ConfusionMatrix(len(self.names), device=device)  # on the device: nccl reduces CUDA tensors
-        self.crf_cm = ConfusionMatrix(len(self.names), device=device)
-        self.palette = voc_palette()
+        self.out = SplitOutputs(cfg, output_dir, device, (PRED_TITLE, CRF_TITLE))
         self.timers = {"model": 0.0, "crf_wait": 0.0, "images": 0.0, "crf_images": 0.0}
-        self.gallery = Gallery(output_dir, self.names, int(cfg.infer.report_max_images), palette=self.palette,
-                               variants=[PRED_TITLE, CRF_TITLE] if cfg.infer.crf else [PRED_TITLE])
 
     def handle(self, name: str, rgb: np.ndarray | None, pred: np.ndarray, label: np.ndarray | None,
                crf: bool) -> None:
-        """Score (labelled split) or write (test split) one final prediction (H, W) uint8."""
-        if self.test:
-            if crf or not self.cfg.infer.crf:
-                atomic_save_png(pred.astype(np.uint8), test_png_path(self.output_dir, name), palette=self.palette)
-        else:
-            (self.crf_cm if crf else self.raw_cm).update(torch.from_numpy(pred.astype(np.int64)),
-                                                         torch.from_numpy(label))
-        if self.cfg.infer.save_overlays and rgb is not None and (crf or not self.cfg.infer.crf):
-            save_overlay(self.output_dir / "overlays" / f"{name}.png", rgb, pred, self.names)
+        """Score (labelled split) or write (test split) one prediction (H, W) uint8; the final one (the CRF's when
+        ``infer.crf``) is the one written and drawn."""
+        final = crf or not self.cfg.infer.crf
         links = {"overlay": f"overlays/{name}.png"}
         if self.test:
             links["label"] = test_png_path(".", name).as_posix()
-        self.gallery.add(name, pred, variant=CRF_TITLE if crf else PRED_TITLE, rgb=None if crf else rgb, gt=label,
-                         links=links)
+        self.out.record(name, pred, label, crf=crf, png=test_png_path(self.output_dir, name) if self.test and final
+                        else None, rgb=rgb, overlay=final, links=links)
 
     def drain(self, pool: CRFPool, wait: bool) -> None:
         t0 = time.perf_counter()
-        for (name, rgb, label), pred in (pool.results() if wait else pool.ready()):
-            self.handle(name, rgb, pred, label, crf=True)
-            self.timers["crf_images"] += 1
+        self.timers["crf_images"] += self.out.drain(
+            pool, wait, lambda meta, pred: self.handle(meta[0], meta[1], pred, meta[2], crf=True))
         self.timers["crf_wait"] += time.perf_counter() - t0
 
     def step(self, model: torch.nn.Module, batch: dict[str, Any], pool: CRFPool | None) -> None:
@@ -181,12 +160,11 @@ def _segment(sharded: ShardedRun) -> dict[str, Any]:
         "scores": {"raw": None, "crf": None}, "git_revision": git_revision(),
         "config": OmegaConf.to_container(inf, resolve=True),
     }
-    matrices = {PRED_TITLE: run.raw_cm, **({CRF_TITLE: run.crf_cm} if inf.crf else {})}
+    matrices = run.out.matrices()
     if not test:
         sharded.reduce(*matrices.values())
-        result["scores"] = {"raw": _scores(run.raw_cm, run.names),
-                            "crf": _scores(run.crf_cm, run.names) if inf.crf else None}
-    report = sharded.report(run.gallery, f"{tool} on {split}", _summary_line(result), None if test else matrices,
+        result["scores"] = {"raw": run.out.scores(PRED_TITLE), "crf": run.out.scores(CRF_TITLE) if inf.crf else None}
+    report = sharded.report(run.out.gallery, f"{tool} on {split}", _summary_line(result), None if test else matrices,
                             notes=[f"checkpoint: {inf.checkpoint}", f"scales {list(inf.scales)}, "
                                    f"flip at scale 1.0 {inf.flip_at_unit_scale}, CRF {inf.crf}"])
     if report is not None:
@@ -199,13 +177,10 @@ def _segment(sharded: ShardedRun) -> dict[str, Any]:
 def _summary_line(result: dict[str, Any]) -> str:
     """One line of results for the report page."""
     raw, crf = result["scores"]["raw"], result["scores"]["crf"]
-    pct = lambda v: "nan" if v is None else f"{100 * v:.2f}"  # noqa: E731
     line = f"{result['num_images']} images, {result['timing']['wall_seconds_per_image']:.2f} s/image"
     if raw is None:
         return f"{line}; no ground truth (test split): nothing scored"
-    line = f"mIoU {pct(raw['miou'])} (m-IoU {pct(raw['miou_plain'])})" + (
-        f", + CRF mIoU {pct(crf['miou'])} (m-IoU {pct(crf['miou_plain'])})" if crf else "") + f" on {line}"
-    return line
+    return miou_text(raw) + (f", + CRF {miou_text(crf)}" if crf else "") + f" on {line}"
 
 
 def _report(result: dict[str, Any], run: _Run, test: bool) -> None:
@@ -217,9 +192,7 @@ def _report(result: dict[str, Any], run: _Run, test: bool) -> None:
         log.info("test predictions in %s (zip the 'results' folder for the evaluation server)",
                  Path(result["output_dir"]) / TEST_LAYOUT)
         return
-    pct = lambda v: "nan" if v is None else f"{100 * v:.2f}"  # noqa: E731
-    log.info("raw mIoU %s (m-IoU %s)\n%s", pct(result["scores"]["raw"]["miou"]),
-             pct(result["scores"]["raw"]["miou_plain"]), run.raw_cm.table(run.names))
-    if result["crf"]:
-        log.info("CRF mIoU %s (m-IoU %s)\n%s", pct(result["scores"]["crf"]["miou"]),
-                 pct(result["scores"]["crf"]["miou_plain"]), run.crf_cm.table(run.names))
+    raw, crf = result["scores"]["raw"], result["scores"]["crf"]
+    log.info("raw %s\n%s", miou_text(raw), run.out.table(PRED_TITLE))
+    if crf:
+        log.info("CRF %s\n%s", miou_text(crf), run.out.table(CRF_TITLE))

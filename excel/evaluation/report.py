@@ -28,7 +28,7 @@ import numpy as np
 from excel.errors import UsageError
 from excel.evaluation.metrics import ConfusionMatrix
 from excel.utils.io import atomic_save_png, atomic_write_json, atomic_write_text
-from excel.utils.palette import palette_array, palette_for
+from excel.utils.palette import palette_array, voc_palette
 from excel.utils.vis import fit_height, label_tile, tile_row
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class Gallery:
         max_images: the most images shown (``infer.report_max_images``); 0 shows none (tables only).
         variants: titles of the predictions of each image in display order, e.g. ("prediction", "+ CRF"); the
             last one is the final prediction, the one scored and sorted by.
-        palette: colours of the label tiles (VOC's up to 21 classes by default).
+        palette: colours of the label tiles (:func:`excel.utils.palette.voc_palette` by default).
     """
 
     def __init__(self, out_dir: str | Path, class_names: Sequence[str], max_images: int,
@@ -113,7 +113,7 @@ class Gallery:
         self.num_classes = len(self.class_names)
         self.max_images = int(max_images)
         self.variants = list(variants)
-        self.palette = list(palette_for(self.num_classes) if palette is None else palette)
+        self.palette = list(voc_palette() if palette is None else palette)
         self.height = int(height)
         self.kept: list[GalleryEntry] = []       # this rank's candidates, thumbnails written
         self._cutoff: tuple[float, str] | None = None  # sort key an image must beat to be kept

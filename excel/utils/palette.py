@@ -1,17 +1,20 @@
-"""Label colours: the VOC palette (algorithm.md §9.5), the full PASCAL colour map and colourised masks.
+"""Label colours: one palette for every mask, overlay, tile and report (algorithm.md §9.5), and colourised masks.
 
-Index 0..20 get the standard PASCAL VOC colours, 255 (ignore) the VOC border colour, every other index grey.
-The pictures built from them (overlays, legends, tiles) are in :mod:`excel.utils.vis`.
+Indices 0..20 get the standard PASCAL VOC colours and 255 (ignore) VOC's border colour, so the PNGs are VOC masks;
+every other index gets a colour chosen far from all earlier ones (farthest-point order over an RGB grid), so that
+COCO's 81 classes, or a long vocabulary, stay apart (the first indices after 20 are the most distinct). The
+pictures built from them (overlays, legends, tiles) are in :mod:`excel.utils.vis`.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
 
 NUM_VOC_COLOURS = 21
-GREY = (192, 192, 192)          # indices 21..254 (algorithm.md §9.5: "the rest of the palette is grey")
 IGNORE_COLOUR = (224, 224, 192)  # index 255, the colour of VOC's ignore border
+_GRID_LEVELS = np.arange(0, 256, 17)  # 16 levels per channel: the candidates for indices 21..254
 
 
 def _voc_colour(index: int) -> tuple[int, int, int]:
@@ -26,18 +29,24 @@ def _voc_colour(index: int) -> tuple[int, int, int]:
     return r, g, b
 
 
+@lru_cache(maxsize=1)
+def _colours() -> tuple[tuple[int, int, int], ...]:
+    fixed = [_voc_colour(i) for i in range(NUM_VOC_COLOURS)]
+    grid = np.stack(np.meshgrid(_GRID_LEVELS, _GRID_LEVELS, _GRID_LEVELS, indexing="ij"), -1).reshape(-1, 3)
+    grid = grid.astype(np.float64)
+    taken = np.array(fixed + [IGNORE_COLOUR], dtype=np.float64)
+    nearest = np.sqrt(((grid[:, None, :] - taken[None]) ** 2).sum(-1)).min(1)  # distance to the closest taken colour
+    extra = []
+    for _ in range(255 - NUM_VOC_COLOURS):
+        pick = int(nearest.argmax())  # the first of the farthest: deterministic
+        extra.append(tuple(int(v) for v in grid[pick]))
+        nearest = np.minimum(nearest, np.sqrt(((grid - grid[pick]) ** 2).sum(-1)))
+    return tuple(fixed + extra + [IGNORE_COLOUR])
+
+
 def voc_palette() -> list[int]:
-    """A flat PIL palette of 768 ints: VOC colours for 0..20, grey for 21..254, the VOC border colour for 255."""
-    colours = [_voc_colour(i) for i in range(NUM_VOC_COLOURS)]
-    colours += [GREY] * (255 - NUM_VOC_COLOURS)
-    colours.append(IGNORE_COLOUR)
-    return [v for rgb in colours for v in rgb]
-
-
-def full_palette() -> list[int]:
-    """A flat 768-int PIL palette with the PASCAL colour map for all 256 indices (0..20 equal ``voc_palette``;
-    unlike it, 21..254 get distinct colours so that COCO's 81 classes or a long vocabulary stay readable)."""
-    return [v for i in range(256) for v in _voc_colour(i)]
+    """The flat 768-int PIL palette: VOC colours for 0..20, distinct colours for 21..254, VOC's border for 255."""
+    return [v for rgb in _colours() for v in rgb]
 
 
 def palette_array(palette: Sequence[int] | None = None) -> np.ndarray:
@@ -56,8 +65,3 @@ def colorize(label: np.ndarray, palette: Sequence[int] | None = None) -> np.ndar
     if label.size and (label.min() < 0 or label.max() > 255):
         raise ValueError(f"label values must lie in 0..255, got range [{label.min()}, {label.max()}]")
     return palette_array(palette)[label.astype(np.int64)]
-
-
-def palette_for(num_classes: int) -> list[int]:
-    """The flat 768-int palette for a label set of ``num_classes`` (background included): VOC's up to 21."""
-    return voc_palette() if num_classes <= NUM_VOC_COLOURS else full_palette()

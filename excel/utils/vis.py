@@ -1,8 +1,8 @@
 """Pictures for people, drawn with PIL and OpenCV only: label overlays with a legend, LAM heat maps, captioned tile
 rows (the TensorBoard sample grids and the report gallery), and the training curves (``curves.png``).
 
-Label colours come from :mod:`excel.utils.palette` (the VOC palette up to 21 classes, the full PASCAL colour map
-beyond), so an overlay's or a tile's colours are those of the PNGs the tools write.
+Label colours come from :mod:`excel.utils.palette` (VOC's colours for 0..20, distinct ones beyond), so an overlay's
+or a tile's colours are those of the PNGs the tools write.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from excel.utils.io import atomic_path, atomic_save_png
-from excel.utils.palette import colorize, full_palette, palette_array, palette_for
+from excel.utils.palette import colorize, palette_array, voc_palette
 from excel.utils.tensors import grid_side
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,8 @@ def with_legend(image: np.ndarray, label: np.ndarray, class_names: Sequence[str]
 def save_overlay(path: str | Path, rgb: np.ndarray, label: np.ndarray, class_names: Sequence[str],
                  alpha: float = 0.5) -> None:
     """Write ``rgb`` (H, W, 3) uint8 with the colours of ``label`` (H, W) blended in and a legend strip below
-    (the full PASCAL colour map: VOC's colours for 0..20, distinct ones beyond)."""
-    palette = full_palette()
+    (:func:`excel.utils.palette.voc_palette`)."""
+    palette = voc_palette()
     blended = overlay(rgb, label, alpha=alpha, palette=palette)
     atomic_save_png(with_legend(blended, label, list(class_names), palette=palette), path)
 
@@ -210,7 +210,7 @@ def sample_grid(rgb: np.ndarray, gt: np.ndarray | None, preds: Sequence[tuple[st
         class_names: names of the label indices (background first).
         lams: (label index, (g, g) map in [0, 1]) pairs shown as heat maps captioned "LAM <class>".
     """
-    palette = palette_for(len(class_names)) if palette is None else palette
+    palette = voc_palette() if palette is None else palette
     image = fit_height(rgb, height)
     tiles: list[tuple[str, np.ndarray]] = [("image", image)]
     for index, grid in lams:

@@ -5,7 +5,7 @@
 #   bash infer_lam.sh 0 1 train "" data.root=data/VOC2012 infer.crf=true
 #   bash infer_lam.sh 0 1 train "" --config configs/coco.yaml data.root=data/COCO
 # A leading tool path (the reference's form: bash infer_lam.sh tools/infer_lam.py 0 1 train) is accepted and is the
-# tool that runs. Several machines: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT in the environment (README).
+# tool that runs. Several machines: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT in the environment (docs/training.md).
 set -euo pipefail
 source "$(dirname "$0")/scripts/_env.sh"
 source "$EXCEL_ROOT/scripts/_launch.sh"
@@ -14,7 +14,7 @@ case "${1:-}" in *.py) tool="$1"; shift ;; esac
 n=$(excel_count_positional 4 "$@")
 pos=("${@:1:n}")
 shift "$n"
-devices="${pos[0]:-0}"; nproc="${pos[1]:-1}"; split="${pos[2]:-train}"; ckpt="${pos[3]:-}"
+devices="${pos[0]-0}"; nproc="${pos[1]:-1}"; split="${pos[2]:-train}"; ckpt="${pos[3]:-}"
 excel_env
 extra=("infer.split=$split")
 [ -n "$ckpt" ] && extra+=("infer.checkpoint=$ckpt")

@@ -4,8 +4,8 @@
 # Usage:
 #   bash infer_seg_coco.sh [gpu_device=0] [gpu_number=1] [infer_set=val] [checkpoint] [key=value | --config FILE ...]
 #   bash infer_seg_coco.sh 0,1 2 val work_dirs/coco_exp1/checkpoints/iter_0100000.pth data.root=data/COCO
-# A tool path before the GPU list (the reference's form, e.g. tools/infer_lam.py) is accepted and ignored.
-# Several machines: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT in the environment (README, "Several machines").
+# A tool path before the GPU list (the reference's form, e.g. tools/infer_lam.py) is the tool that runs.
+# Several machines: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT in the environment (docs/training.md).
 set -euo pipefail
 source "$(dirname "$0")/scripts/_env.sh"
 source "$EXCEL_ROOT/scripts/_launch.sh"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Train ExCEL: one process, or torchrun on several GPUs and machines. Usage (the reference's positional form):
 #   bash run_train.sh SCRIPT [gpu_devices=0] [gpu_number=1] [master_port=$MASTER_PORT or 29501] [log_tag=""] [key=value ...]
+# gpu_devices "" keeps CUDA_VISIBLE_DEVICES as the scheduler set it. The Python: scripts/_env.sh (the active
+# environment, EXCEL_PYTHON, or ./.venv).
 # Examples:
 #   bash run_train.sh scripts/train_voc.py 0,1 2 29501 exp1 data.root=/data/VOC2012
 #   bash run_train.sh scripts/train_coco.py 0 1 29502 "" --config configs/ablations/no_lvc.yaml
@@ -17,7 +19,7 @@ shift
 n=$(excel_count_positional 4 "$@")
 pos=("${@:1:n}")
 shift "$n"
-devices="${pos[0]:-0}"; nproc="${pos[1]:-1}"; port="${pos[2]:-${MASTER_PORT:-29501}}"; tag="${pos[3]:-}"
+devices="${pos[0]-0}"; nproc="${pos[1]:-1}"; port="${pos[2]:-${MASTER_PORT:-29501}}"; tag="${pos[3]:-}"
 excel_env
 extra=()
 [ -n "$tag" ] && extra+=("run.log_tag=$tag")

@@ -1,6 +1,7 @@
 # Shared launcher, sourced by run_train.sh and the infer_*.sh scripts (not run on its own).
 #   excel_launch SCRIPT GPU_DEVICES GPU_NUMBER MASTER_PORT [args ...]
 # One plain process for GPU_NUMBER=1 on one machine; otherwise torchrun with GPU_NUMBER processes per machine.
+# GPU_DEVICES becomes CUDA_VISIBLE_DEVICES; an empty GPU_DEVICES ("") keeps the one the scheduler set.
 # Several machines: set in the environment of every machine
 #   NNODES       number of machines (default 1)
 #   NODE_RANK    this machine's index, 0 .. NNODES-1 (default 0)
@@ -42,8 +43,12 @@ excel_launch() {
     fi
     [ -f "$script" ] || script="$EXCEL_ROOT/$script"
     if "$PYTHON" -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-        export CUDA_VISIBLE_DEVICES="$devices"
-        echo "[excel] GPUs $devices, $nproc process(es) per machine"
+        if [ -z "$devices" ]; then   # keep the scheduler's assignment (SLURM sets CUDA_VISIBLE_DEVICES)
+            echo "[excel] GPUs as assigned (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-all}), $nproc process(es) per machine"
+        else
+            export CUDA_VISIBLE_DEVICES="$devices"
+            echo "[excel] GPUs $devices, $nproc process(es) per machine"
+        fi
     else
         echo "[excel] no GPU found: running on CPU with $nproc process(es) per machine (gloo backend)"
         export CUDA_VISIBLE_DEVICES=""

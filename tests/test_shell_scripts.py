@@ -39,7 +39,7 @@ def test_run_train_sh_positional_arguments(mini_voc, tmp_path):
 @pytest.mark.slow
 def test_infer_seg_voc_sh_accepts_a_leading_tool_path(seg_checkpoint, tmp_path):
     out = tmp_path / "seg"
-    _run(["infer_seg_voc.sh", "tools/infer_lam.py", "0", "1", "val", str(seg_checkpoint["path"]), "--config", TINY,
+    _run(["infer_seg_voc.sh", "tools/infer_seg_voc.py", "0", "1", "val", str(seg_checkpoint["path"]), "--config", TINY,
           *seg_checkpoint["overrides"], f"infer.output_dir={out}"])
     result = json.loads((out / "results.json").read_text())
     assert result["tool"] == "infer_seg_voc" and result["split"] == "val" and result["num_images"] == 4
@@ -50,10 +50,11 @@ def test_infer_seg_voc_sh_accepts_a_leading_tool_path(seg_checkpoint, tmp_path):
 LAUNCH_PYTHON = """#!/usr/bin/env bash
 # A stand-in for the checkout's python: no GPU, requirements met, and every launch written to calls.log.
 case "$1" in
-    */_requirements_met.py) exit 0 ;;
-    -c) exit 1 ;;
+    */_requirements_met.py) exit "${FAKE_MET:-0}" ;;
+    -c) [ "${FAKE_CUDA:-0}" = 1 ]; exit $? ;;
 esac
 echo "$*" >> "$(dirname "$0")/../../calls.log"
+echo "${CUDA_VISIBLE_DEVICES-unset}" >> "$(dirname "$0")/../../devices.log"
 """
 FAKE_SCONTROL = """#!/usr/bin/env bash
 [ "$*" = "show hostnames $SLURM_JOB_NODELIST" ] && printf 'gpu-a17\\ngpu-a18\\n'
@@ -114,11 +115,15 @@ def test_one_process_on_one_machine_runs_the_script_directly(launch_checkout):
     root = launch_checkout
     assert _launch(root, ["run_train.sh", "scripts/train_voc.py", "0", "1", "29501", "exp1", "data.root=/d"]) == [
         ["scripts/train_voc.py", "run.log_tag=exp1", "data.root=/d"]]
-    # the inference scripts without the reference's leading tool path, and with it (ignored by the seg scripts)
+    # the inference scripts without the reference's leading tool path, and with it: then that tool runs
     ckpt = "work_dirs/voc/checkpoints/iter_0030000.pth"
     expected = [["tools/infer_seg_voc.py", "infer.split=val", f"infer.checkpoint={ckpt}", "infer.crf=true"]]
     assert _launch(root, ["infer_seg_voc.sh", "0", "1", "val", ckpt, "infer.crf=true"]) == expected
-    assert _launch(root, ["infer_seg_voc.sh", "tools/infer_lam.py", "0", "1", "val", ckpt, "infer.crf=true"]) == expected
+    assert _launch(root, ["infer_seg_voc.sh", "tools/infer_seg_voc.py", "0", "1", "val", ckpt, "infer.crf=true"]) \
+        == expected
+    assert _launch(root, ["infer_seg_voc.sh", "tools/infer_lam.py", "0", "1", "val", ckpt, "infer.crf=true"]) == [
+        ["tools/infer_lam.py", "infer.split=val", f"infer.checkpoint={ckpt}", "infer.crf=true"]]
+    assert _launch(root, ["infer_seg_coco.sh", "tools/no_such_tool.py", "0", "1"], status=2) == []
     # positional arguments stop at the first key=value or --flag; the rest keep their defaults
     assert _launch(root, ["infer_seg_coco.sh", "data.root=/coco"]) == [
         ["tools/infer_seg_coco.py", "infer.split=val", "data.root=/coco"]]
@@ -159,12 +164,32 @@ def test_the_multi_machine_variables_reach_torchrun(launch_checkout):
 
 
 def test_the_slurm_example_starts_one_torchrun_per_machine(launch_checkout):
+    """Two machines of two GPUs: SLURM's GPU assignment stays, the port comes from the job id, the job has its own
+    log tag (so its own work dir) and resumes on requeue; nothing is installed."""
     root = launch_checkout
-    env = {"SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu-a[17-18]", "SLURM_SUBMIT_DIR": str(root),
-           "GPUS_PER_NODE": "2"}
+    env = {"SLURM_JOB_ID": "123456", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu-a[17-18]",
+           "SLURM_SUBMIT_DIR": str(root), "SLURM_GPUS_ON_NODE": "2", "CUDA_VISIBLE_DEVICES": "3,5", "FAKE_CUDA": "1"}
     calls = _launch(root, ["scripts/slurm_train.sbatch", "scripts/train_voc.py", "data.root=/d"], env)
-    assert calls == [[*TORCHRUN, "--nnodes=2", f"--node_rank={rank}", "--master_addr=gpu-a17", "--master_port=29501",
-                      "--nproc_per_node=2", "scripts/train_voc.py", "data.root=/d"] for rank in (0, 1)]
+    assert calls == [[*TORCHRUN, "--nnodes=2", f"--node_rank={rank}", "--master_addr=gpu-a17",
+                      "--master_port=13456", "--nproc_per_node=2", "scripts/train_voc.py", "run.log_tag=job123456",
+                      "train.resume=auto", "data.root=/d"] for rank in (0, 1)]       # 10000 + 123456 % 20000
+    assert (root / "devices.log").read_text().split() == ["3,5", "3,5"]
+    # another job on the same machines: another port and tag; MASTER_PORT and EXCEL_TAG choose them
+    (call, _) = _launch(root, ["scripts/slurm_train.sbatch", "scripts/train_voc.py"], {**env, "SLURM_JOB_ID": "7"})
+    assert "--master_port=10007" in call and "run.log_tag=job7" in call
+    (call, _) = _launch(root, ["scripts/slurm_train.sbatch", "scripts/train_voc.py"],
+                        {**env, "MASTER_PORT": "29999", "EXCEL_TAG": "voc_a"})
+    assert "--master_port=29999" in call and "run.log_tag=voc_a" in call
+    # the paper's setting, the script's default: one machine, one GPU, one plain process
+    one = {**env, "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "gpu-a17", "SLURM_GPUS_ON_NODE": "1",
+           "CUDA_VISIBLE_DEVICES": "6"}
+    assert _launch(root, ["scripts/slurm_train.sbatch", "scripts/train_voc.py"], one) == [
+        ["scripts/train_voc.py", "run.log_tag=job123456", "train.resume=auto"]]
+    text = (root / "scripts" / "slurm_train.sbatch").read_text()
+    assert "#SBATCH --requeue" in text and "#SBATCH --gpus-per-node=1" in text and "--nodes=2" in text
+    # an environment that lacks something stops the job before srun, and nothing is installed
+    assert _launch(root, ["scripts/slurm_train.sbatch", "scripts/train_voc.py"], {**env, "FAKE_MET": "1"},
+                   status=1) == []
 
 
 # ----------------------------------------------------------------------------- run_tests.sh and the environment

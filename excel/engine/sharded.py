@@ -11,6 +11,7 @@ Such a run is sharded over the torchrun processes (one plain process otherwise):
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -18,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from excel.config import output_dir_of, save_config
+from excel.config import ConfigError, output_dir_of, save_config
 from excel.data.loader import ShardSampler
 from excel.engine import dist
 from excel.evaluation import ConfusionMatrix, CRFPool, crf_params
@@ -67,6 +68,22 @@ def run_sharded(cfg: DictConfig, tool: str, body: Callable[["ShardedRun"], T]) -
             dist.cleanup()
 
 
+def crf_worker_count(setting: int | None, cores: int | None = None, processes: int | None = None) -> int:
+    """The CRF worker processes for ``infer.crf_workers``: the setting itself, or, for None, the CPU cores this
+    process may use (``cores``; default its CPU affinity) divided among the processes of this machine
+    (``processes``; default torchrun's ``LOCAL_WORLD_SIZE``, else 1), less one for the inference itself, at
+    least 1."""
+    if setting is not None:
+        if int(setting) < 0:
+            raise ConfigError(f"infer.crf_workers={setting}: expected 0 (inline), a positive count or null (auto)")
+        return int(setting)
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if processes is None:
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, cores // max(1, processes) - 1)
+
+
 class ShardedRun:
     """One rank's part of an inference run over a split; the output folder is ``output_dir_of(cfg, tool)``.
 
@@ -94,8 +111,11 @@ class ShardedRun:
         """The dense-CRF worker pool of ``infer.crf_params`` on ``infer.crf_workers`` processes (labels only), made
         on first use; None when ``infer.crf`` is off. Closed when the run ends."""
         if self.cfg.infer.crf and self.pool is None:
-            self.pool = CRFPool(int(self.cfg.infer.crf_workers), labels_only=True,
-                                **crf_params(self.cfg.infer.crf_params))
+            workers = crf_worker_count(self.cfg.infer.crf_workers)
+            log.info("CRF on %d worker process(es)%s", workers,
+                     " (infer.crf_workers=null: the cores this process may use, shared by the processes of this "
+                     "machine, less one for inference)" if self.cfg.infer.crf_workers is None else "")
+            self.pool = CRFPool(workers, labels_only=True, **crf_params(self.cfg.infer.crf_params))
         return self.pool
 
     def sum_over_ranks(self, values: Sequence[float]) -> list[float]:

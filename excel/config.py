@@ -47,11 +47,6 @@ BASE_CONFIG = CONFIG_DIR / "base.yaml"
 Layer = Union[str, os.PathLike, Mapping, DictConfig]
 
 
-# Keys that were renamed: using the old name is an error that names the new one (a config stored in an older
-# checkpoint is upgraded instead, see :func:`upgrade_stored_config`).
-RENAMED_KEYS = {"data.val_split": "eval.split", "eval.max_images": "infer.max_images"}
-
-
 class ConfigError(ExcelError, ValueError):
     """A config file, key or value is not what the project expects."""
 
@@ -226,25 +221,8 @@ def _merge_strict(base: DictConfig, other: DictConfig, source: str) -> DictConfi
 
 
 def _unknown_key(key: str, source: str) -> str:
-    """The message for a key that base.yaml does not define, naming the new key when it was renamed."""
-    if key in RENAMED_KEYS:
-        return f"config key '{key}' in {source} was renamed: use '{RENAMED_KEYS[key]}'"
+    """The message for a key that base.yaml does not define."""
     return f"unknown config key '{key}' in {source}; every key must be defined in {BASE_CONFIG.name}"
-
-
-def upgrade_stored_config(stored: Mapping) -> dict:
-    """A plain copy of a config stored by an earlier version (a checkpoint's), its renamed keys under their new
-    names; a new key the stored config already holds keeps its value."""
-    data = OmegaConf.to_container(OmegaConf.create(dict(stored)), resolve=False)
-    for old, new in RENAMED_KEYS.items():
-        old_section, old_key = old.rsplit(".", 1)
-        section = data.get(old_section)
-        if not isinstance(section, dict) or old_key not in section:
-            continue
-        value = section.pop(old_key)
-        new_section, new_key = new.rsplit(".", 1)
-        data.setdefault(new_section, {}).setdefault(new_key, value)
-    return data
 
 
 def work_dir_of(cfg: DictConfig) -> Path:

@@ -7,8 +7,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from excel.config import (ConfigError, load_config, output_dir_of, resolve_device, upgrade_stored_config,
-                          work_dir_of)
+from excel.config import ConfigError, load_config, output_dir_of, resolve_device, work_dir_of
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -226,27 +225,6 @@ def test_dicts_and_dict_configs_are_layers():
         load_config(["voc.yaml", {"train": {"max_iter": 3}}])
     with pytest.raises(ConfigError, match="train.batch_size.*must be a number"):
         load_config({"train": {"batch_size": "four"}})
-
-
-def test_renamed_keys_name_their_new_key(tmp_path):
-    """A renamed key is refused with its new name, in a file and on the command line; a config stored by an
-    earlier version (a checkpoint's) is upgraded instead, keeping its value."""
-    old_file = tmp_path / "old.yaml"
-    old_file.write_text("data:\n  val_split: val_part\n")
-    with pytest.raises(ConfigError, match=r"config key 'data.val_split' in .*old.yaml was renamed: use 'eval.split'"):
-        load_config(old_file)
-    with pytest.raises(ConfigError, match=r"'eval.max_images' in command-line override 'eval.max_images=3' was "
-                                          r"renamed: use 'infer.max_images'"):
-        load_config("voc.yaml", ["eval.max_images=3"])
-    stored = OmegaConf.to_container(load_config("coco.yaml"), resolve=False)
-    stored["data"]["val_split"] = "val_part"
-    stored["eval"]["max_images"] = 7
-    del stored["infer"]["max_images"]
-    upgraded = upgrade_stored_config(stored)
-    assert "val_split" not in upgraded["data"] and "max_images" not in upgraded["eval"]
-    assert upgraded["infer"]["max_images"] == 7 and stored["eval"]["max_images"] == 7  # the input is untouched
-    cfg = load_config(None, defaults=[upgraded])
-    assert cfg.infer.max_images == 7 and cfg.eval.split == "val_part"
 
 
 def test_run_folders_follow_the_config():

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 from omegaconf import DictConfig
 
-from excel.config import CONFIG_DIR, ConfigError, load_config, upgrade_stored_config
+from excel.config import CONFIG_DIR, ConfigError, load_config
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,7 @@ def config_for_checkpoint(checkpoint: str | Path, files: Sequence[str | Path] = 
     from excel.engine.checkpoint import load_checkpoint
 
     stored = load_checkpoint(checkpoint, map_location="cpu").get("config") or {}
-    if stored:
-        stored = upgrade_stored_config(stored)
-    else:
+    if not stored:
         log.info("%s holds no config: the model is built from %s", checkpoint,
                  ", ".join(str(p) for p in [*defaults, *files]) or "base.yaml")
         return load_config(files, overrides, defaults=defaults, allow_base_reset=allow_base_reset)

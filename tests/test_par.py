@@ -1,13 +1,22 @@
-"""PAR (algorithm.md §5.5): hand-computed weights, the neighbour order and a slow per-pixel reference."""
+"""PAR (algorithm.md §5.5): hand-computed weights, the neighbour order, a slow per-pixel reference, and the fused PAR
+against the shifted-view loop it replaced (tests/_par_reference.py)."""
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from excel.cam.par import PAR, color_affinity, neighbor_offsets, position_logits, propagate
+from excel.cam.par import PAR, color_affinity, neighbor_offsets, position_logits, propagate, propagation_matrix
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from _ops import count_ops  # noqa: E402
+from _par_reference import LoopPAR  # noqa: E402
+from _syncs import count_syncs  # noqa: E402
 
 # (row, col) offsets of dilation 1 in the reference order.
 UNIT = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
@@ -196,3 +205,78 @@ def test_par_num_channels_skips_only_padding():
     assert torch.equal(par(images, masks, num_channels=torch.tensor([4, 4, 4])), full)
     with pytest.raises(ValueError, match="num_channels"):
         par(images, masks, num_channels=torch.tensor([1, 2]))
+
+
+# ---------------------------------------------------------------------------------------------- fused vs loop
+# (B, M, H, W) maps and the (h, w) of the image PAR resizes: square and not, borders reached by every dilation
+ORACLE_CASES = [(2, 3, 37, 29, 20, 24), (1, 2, 9, 9, 9, 9), (3, 1, 48, 48, 32, 32), (1, 4, 60, 44, 60, 44)]
+
+
+@pytest.mark.parametrize("case", ORACLE_CASES)
+def test_fused_par_equals_the_loop_in_float64(case):
+    # Same sums in another order: in float64 the two agree far inside 1e-6 (both are exact to ~1e-14)
+    b, m, h, w, h0, w0 = case
+    gen = torch.Generator().manual_seed(sum(case))
+    images = torch.rand(b, 3, h0, w0, generator=gen, dtype=torch.float64)
+    masks = torch.rand(b, m, h, w, generator=gen, dtype=torch.float64)
+    got = PAR()(images, masks)
+    torch.testing.assert_close(got, LoopPAR()(images, masks), rtol=0, atol=1e-6)
+    assert (got - LoopPAR()(images, masks)).abs().max() < 1e-12
+    assert got.dtype == torch.float64 and got.is_contiguous()
+
+
+@pytest.mark.cuda
+def test_fused_par_equals_the_loop_in_float32(device):
+    # float32 rounding after 20 rounds of 48-term sums: each version is a few 1e-5 from the float64 result, and the
+    # two agree to 2e-6 relative to the map values (which grow to 1.01^20 = 1.22) plus 2e-6
+    gen = torch.Generator().manual_seed(7)
+    images = torch.rand(2, 3, 64, 80, generator=gen)
+    masks = torch.rand(2, 3, 96, 72, generator=gen)
+    counts = torch.tensor([3, 1])
+    loop = LoopPAR()(images, masks)
+    got = PAR().to(device)(images.to(device), masks.to(device), num_channels=counts.to(device)).cpu()
+    truth = LoopPAR()(images.double(), masks.double())
+    torch.testing.assert_close(got, loop, rtol=2e-6, atol=2e-6)
+    assert (got.double() - truth).abs().max() < 1e-4 and (loop.double() - truth).abs().max() < 1e-4
+
+
+def test_color_affinity_equals_the_loop():
+    gen = torch.Generator().manual_seed(4)
+    images = torch.rand(2, 3, 30, 26, generator=gen)
+    images[0, :, :10] = 0.5  # a flat region: σ = 0 there, every colour term is 0 / 1e-8 = 0
+    ref = __import__("_par_reference").color_affinity(images)
+    torch.testing.assert_close(color_affinity(images), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_propagation_matrix_is_valid_csr():
+    # Distinct, ascending columns in every row (what CSR kernels expect), rows summing to 1 + pos_weight, and no
+    # entry linking two images
+    gen = torch.Generator().manual_seed(5)
+    dilations = (1, 3)
+    weights = color_affinity(torch.rand(2, 3, 7, 8, generator=gen), dilations)
+    a = propagation_matrix(weights, dilations)
+    pad, k = 3, 16
+    hp, wp = 7 + 2 * pad, 8 + 2 * pad
+    assert a.layout == torch.sparse_csr and a.shape == (2 * hp * wp, 2 * hp * wp)
+    assert a.col_indices().dtype == torch.int32
+    cols = a.col_indices().view(-1, k).long()
+    assert bool((cols.diff(dim=1) > 0).all())
+    assert bool(((cols // (hp * wp)) == (torch.arange(2 * hp * wp) // (hp * wp))[:, None]).all())
+    dense = a.to_dense()
+    torch.testing.assert_close(dense.sum(1), torch.full((2 * hp * wp,), 1.01), rtol=1e-6, atol=1e-6)
+    # the row of padded pixel (0, 0) of image 1 is the row of its copy, map pixel (0, 0) = padded (pad, pad)
+    assert torch.equal(dense[hp * wp], dense[hp * wp + pad * wp + pad])
+
+
+def test_fused_par_operator_count_and_no_syncs():
+    # One sparse product per round and a fixed number of operators for the weights, whatever K and the sizes
+    gen = torch.Generator().manual_seed(6)
+    images, masks = torch.rand(2, 3, 40, 40, generator=gen), torch.rand(2, 3, 40, 40, generator=gen)
+    par = PAR()
+    par(images, masks)  # the per-device constant tables are made on first use
+    ops = count_ops(lambda: par(images, masks, num_channels=torch.tensor([3, 2])))
+    assert ops["aten.mm"] == 20 and sum(ops.values()) <= 150
+    ten = PAR(num_iter=10)
+    assert sum(count_ops(lambda: ten(images, masks, num_channels=torch.tensor([3, 2]))).values()) == sum(ops.values()) - 10
+    assert not count_syncs(lambda: par(images, masks, num_channels=torch.tensor([3, 2])))
+    assert PAR(num_iter=0)(images, masks) is masks

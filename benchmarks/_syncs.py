@@ -2,8 +2,9 @@
 
 Each of these blocks the Python thread until the device has caught up when the tensor lives on a GPU: reading a
 value (item, tolist, bool/int/float of a tensor, numpy, torch.equal), copying to the host (cpu), data-dependent
-shapes (nonzero, unique, masked_select, boolean indexing), and building a tensor from a Python list onto a device
-(torch.tensor(..., device=...)). A TorchFunctionMode sees every such call made outside torch's own modules, so the
+shapes (nonzero, unique, masked_select, boolean indexing), and host data copied onto a device: ``torch.tensor`` /
+``torch.as_tensor`` with a ``device``, and ``x.new_tensor(data)`` (onto x's device, a pageable copy: on a GPU the
+host waits for it). A TorchFunctionMode sees every such call made outside torch's own modules, so the
 count is the same on a CPU-only machine as on a GPU (CUDA's own ``torch.cuda.set_sync_debug_mode`` needs a GPU).
 """
 from __future__ import annotations
@@ -37,8 +38,10 @@ class SyncCounter(TorchFunctionMode):
         if self._depth == 0 and not caller.startswith("torch"):
             if name in SYNCING:
                 self.counts[name] += 1
-            elif name == "tensor" and kwargs.get("device") is not None:
-                self.counts["tensor(list, device)"] += 1
+            elif name in ("tensor", "as_tensor") and kwargs.get("device") is not None:
+                self.counts[f"{name}(host data, device)"] += 1
+            elif name == "new_tensor":
+                self.counts["new_tensor(host data)"] += 1
             elif name == "__getitem__" and len(args) > 1 and torch.is_tensor(args[1]) and args[1].dtype == torch.bool:
                 self.counts["boolean index"] += 1
         self._depth += 1

@@ -47,9 +47,8 @@ from typing import Any, Callable
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _syncs import count_syncs  # noqa: E402
+from _syncs import count_syncs  # noqa: E402  (run by path, the script's folder is on sys.path)
 BATCH, SIDE, IMAGE_SIZE, NUM_CLUSTERS = 4, 320, (375, 500), 112
 
 
@@ -128,7 +127,7 @@ def _reset_rss_peak() -> int | None:
 # ---------------------------------------------------------------------------------------------- set-up
 def make_workspace(root: Path, num_val: int) -> tuple[Path, Path]:
     """A generated VOC-layout dataset and a random TSE bank file [centers (512, J), flags (20, J)]."""
-    from excel.data import make_synthetic_voc
+    from excel.organism import make_synthetic_voc
 
     data = make_synthetic_voc(root / "voc", num_train=2 * BATCH, num_val=num_val, num_test=0, size=IMAGE_SIZE)
     gen = torch.Generator().manual_seed(0)
@@ -373,5 +372,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     main()

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,7 +77,7 @@ def make_data(root: Path, num_train: int, num_val: int, smoke: bool) -> tuple[Pa
     """Generated VOC-layout data and a random 112-cluster TSE bank (no KMeans, no knowledge base)."""
     import torch
 
-    from excel.data import make_synthetic_voc
+    from excel.organism import make_synthetic_voc
 
     size = ((48, 64), (48, 64)) if smoke else ((375, 375), (500, 500))
     data = make_synthetic_voc(root / "voc", num_train=num_train, num_val=num_val, num_test=0, size=size, seed=0)

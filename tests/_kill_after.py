@@ -6,11 +6,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from excel.engine import train as training  # noqa: E402
+from _tools import load_script  # run by path, this folder is on sys.path
+from excel.engine import train as training
 
 
 def main() -> None:
@@ -22,9 +20,7 @@ def main() -> None:
         self.after_iteration.append(lambda n: os.kill(os.getpid(), signal.SIGKILL) if n == kill_after else None)
 
     training.Trainer.__init__ = with_hook
-    from scripts.train_voc import main as train_voc
-
-    train_voc(argv)
+    load_script("scripts/train_voc.py").main(argv)
 
 
 if __name__ == "__main__":

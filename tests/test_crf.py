@@ -2,17 +2,15 @@
 returns what the inline call returns."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from excel.evaluation import CRF_DEFAULTS, CRFPool, crf_params, dense_crf
 from excel.evaluation.crf import kept_labels
+from _tools import load_script
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from bench_inference import many_label_scores  # noqa: E402
+many_label_scores = load_script("benchmarks/bench_inference.py").many_label_scores
 
 
 def two_region_case(seed: int = 0, h: int = 36, w: int = 44):

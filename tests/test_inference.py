@@ -22,14 +22,13 @@ from excel.engine.checkpoint import (CheckpointError, build_seeded_model, load_c
                                      load_trained_model, save_checkpoint)
 from excel.engine.inference import logit_size, multiscale_logits
 from excel.evaluation import dense_crf
+from _tools import load_tool
 
 REPO = Path(__file__).resolve().parent.parent
 MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 
-sys.path.insert(0, str(REPO / "tools"))
-import infer_seg_coco  # noqa: E402
-import infer_seg_voc  # noqa: E402
+infer_seg_coco, infer_seg_voc = load_tool("infer_seg_coco"), load_tool("infer_seg_voc")
 
 
 # ----------------------------------------------------------------------------- slow references
@@ -196,7 +195,7 @@ def test_test_split_writes_submission_layout_and_reruns_skip(seg_checkpoint, ref
 
 
 def test_coco_style_scoring_matches_reference(tmp_path):
-    from excel.data import make_synthetic_coco
+    from excel.organism import make_synthetic_coco
 
     root = make_synthetic_coco(tmp_path / "coco", num_train=1, num_val=3, seed=0)
     overrides = [f"data.root={root}", "model.input_size=64", "model.clip.name=excel-tiny", "model.clip.pretrained=null",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +14,14 @@ from PIL import Image
 from excel.cam import PAR, make_pseudo_labels
 from excel.data import voc_palette
 from excel.engine.checkpoint import load_trained_model
+from _tools import load_tool
 from excel.engine.inference import multiscale_logits
 from excel.text.knowledge import KnowledgeBaseError
 from excel.engine.predict import (Predictor, _output_names, collect_images, parse_class_list, predict_config,
                                   read_class_file)
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tools"))
-import predict as predict_tool  # noqa: E402
+predict_tool = load_tool("predict")
 
 MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)

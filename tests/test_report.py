@@ -7,7 +7,6 @@ import json
 import math
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -24,12 +23,12 @@ from excel.evaluation.report import Gallery, image_miou
 from excel.utils.palette import colorize, voc_palette
 from excel.utils.vis import (CAPTION_BG, SERIES_COLOURS, fit_height, heat_overlay, label_tile, render_curves,
                              sample_grid, write_curves)
+from _tools import load_tool
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "configs" / "test_tiny.yaml")
 TINY_STACK = [str(REPO / "configs" / "voc.yaml"), TINY]  # test_tiny is an overlay (no _base_)
 VOC_NAMES = ["background", *load_config(TINY_STACK).data.class_names]
-sys.path.insert(0, str(REPO / "tools"))
 
 
 class Page(HTMLParser):
@@ -240,7 +239,7 @@ def test_finish_merges_the_parts_of_several_ranks(tmp_path):
 
 
 def test_infer_lam_report_scores_the_files_it_links(mini_voc, tmp_path):
-    from infer_lam import main
+    main = load_tool("infer_lam").main
 
     out = tmp_path / "lam"
     summary = main(["--config", TINY, f"data.root={mini_voc}", f"tse.cache_dir={tmp_path / 'banks'}",
@@ -266,7 +265,7 @@ def test_infer_lam_report_scores_the_files_it_links(mini_voc, tmp_path):
 
 
 def test_infer_seg_voc_report_matches_results(seg_checkpoint, tmp_path):
-    import infer_seg_voc
+    infer_seg_voc = load_tool("infer_seg_voc")
 
     out = tmp_path / "seg"
     result = infer_seg_voc.main(["--config", TINY, *seg_checkpoint["overrides"], f"infer.output_dir={out}",
@@ -284,7 +283,7 @@ def test_infer_seg_voc_report_matches_results(seg_checkpoint, tmp_path):
 
 
 def test_predict_report_without_ground_truth(mini_voc, tmp_path):
-    import predict as predict_tool
+    predict_tool = load_tool("predict")
 
     images = sorted((mini_voc / "JPEGImages").glob("*.jpg"))[:3]
     records = predict_tool.main([*map(str, images), "--out", str(tmp_path), "--classes", "cat, dog", "--labels",

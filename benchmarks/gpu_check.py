@@ -1,4 +1,5 @@
-"""The one command to run whenever a GPU is at hand (``bash benchmarks/gpu_check.sh``; under 8 minutes on one GPU).
+"""The one command to run whenever a GPU is at hand (``bash benchmarks/gpu_check.sh``; its time on one H200 is
+in docs/performance.md).
 
 Stages, each in its own process with its own time limit, so one failure does not hide the others:
 

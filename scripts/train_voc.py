@@ -6,7 +6,7 @@ torchrun, 2 GPUs (nccl; gloo on CPU):
     torchrun --nproc_per_node=2 scripts/train_voc.py data.root=/data/VOC2012
 or with the reference's wrapper:
     bash run_train.sh scripts/train_voc.py 0,1 2 29501 my_tag data.root=/data/VOC2012
-Several machines: NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT with run_train.sh (README, "Several machines").
+Several machines: NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT with run_train.sh (docs/training.md).
 train.batch_size is per process; the effective batch is train.batch_size x the number of processes.
 Resume: add train.resume=auto. Ablations: --config configs/ablations/<name>.yaml.
 """

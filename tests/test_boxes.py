@@ -165,3 +165,39 @@ def test_bad_input():
         box_masks(torch.rand(1, 400, 2), torch.ones(1, 3))
     with pytest.raises(ValueError, match="grid"):
         box_masks(torch.rand(1, 400, 2), torch.ones(1, 2), grid=10)
+
+
+def _spiral(g: int) -> torch.Tensor:
+    """A one-pixel-wide spiral path filling a g x g grid: the longest component label propagation meets."""
+    a = torch.zeros(g, g, dtype=torch.bool)
+    top, left, bottom, right = 0, 0, g - 1, g - 1
+    while top <= bottom and left <= right:
+        a[top, left:right + 1] = True
+        a[top:bottom + 1, right] = True
+        if bottom > top + 1:
+            a[bottom, left:right + 1] = True
+        if right > left + 1:
+            a[top + 2:bottom + 1, left] = True
+        if top + 2 <= bottom:
+            a[top + 2, left:left + 3] = True
+        top, left, bottom, right = top + 2, left + 2, bottom - 2, right - 2
+    return a
+
+
+def test_unchecked_rounds_never_change_the_labels():
+    # The fixed rounds only skip convergence checks: a spiral needing 30+ rounds and random blobs come out the
+    # same with 0, the default and more rounds than needed; one check on a LAM-like batch
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from _syncs import count_syncs
+
+    gen = torch.Generator().manual_seed(11)
+    blobs = torch.nn.functional.interpolate(torch.rand(6, 1, 5, 5, generator=gen), size=(20, 20), mode="bilinear")
+    fg = torch.cat([_spiral(20)[None], blobs[:, 0] > 0.6])
+    labels = connected_components(fg, unchecked_rounds=0)
+    assert int(labels[0].max()) == int(torch.nonzero(_spiral(20).flatten()).max()) + 1     # one component
+    assert (labels[0] > 0).sum() == _spiral(20).sum() and labels[0][_spiral(20)].unique().numel() == 1
+    for rounds in (None, 3, 60):
+        assert torch.equal(connected_components(fg, unchecked_rounds=rounds), labels)
+    assert count_syncs(lambda: connected_components(blobs[:, 0] > 0.6)) == {"equal": 1}

@@ -33,15 +33,28 @@ def quantize_maps(maps: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
     return u, u > theta[..., None, None]
 
 
-def connected_components(fg: Tensor) -> Tensor:
+def _propagate_labels(lab: Tensor, fgf: Tensor) -> Tensor:
+    """One round: 3 x 3 max inside the foreground, then a pointer jump (each pixel takes the label of the pixel
+    its label names). M x h x w float32 labels -> the next labels."""
+    m, h, w = lab.shape
+    grown = F.max_pool2d(lab.unsqueeze(1), 3, stride=1, padding=1).squeeze(1) * fgf
+    flat = grown.long().view(m, h * w)
+    jumped = flat.gather(1, (flat - 1).clamp_(min=0)).view(m, h, w).to(torch.float32) * fgf
+    return torch.maximum(grown, jumped)
+
+
+def connected_components(fg: Tensor, unchecked_rounds: Optional[int] = None) -> Tensor:
     """8-connected component labels of many small binary grids at once.
 
     Every foreground pixel gets 1 + the largest row-major position index in its component, background gets 0.
-    Label propagation (3 x 3 max pooling inside the foreground) with pointer jumping; it stops when a round
-    changes nothing.
+    Label propagation (3 x 3 max pooling inside the foreground) with pointer jumping. The first
+    ``unchecked_rounds`` rounds run without looking at the result (default max(h, w) // 2: 10 on the 20 x 20
+    grid, where LAM boxes settle in 4 to 8); then one round at a time until a round changes nothing, so the
+    usual call reads the device once (one ``torch.equal``) and the labels are exact for any input.
 
     Args:
         fg: M x h x w bool.
+        unchecked_rounds: rounds before the first convergence check.
 
     Returns:
         M x h x w int64 labels.
@@ -50,11 +63,10 @@ def connected_components(fg: Tensor) -> Tensor:
     ids = torch.arange(1, h * w + 1, device=fg.device, dtype=torch.float32).view(1, h, w)
     fgf = fg.to(torch.float32)
     lab = ids * fgf
+    for _ in range(max(h, w) // 2 if unchecked_rounds is None else int(unchecked_rounds)):
+        lab = _propagate_labels(lab, fgf)
     while True:
-        grown = F.max_pool2d(lab.unsqueeze(1), 3, stride=1, padding=1).squeeze(1) * fgf
-        flat = grown.long().view(m, h * w)
-        jumped = flat.gather(1, (flat - 1).clamp_(min=0)).view(m, h, w).to(torch.float32) * fgf
-        new = torch.maximum(grown, jumped)
+        new = _propagate_labels(lab, fgf)
         if torch.equal(new, lab):
             return lab.long()
         lab = new
@@ -79,8 +91,9 @@ def component_box_union(labels: Tensor) -> Tensor:
     g = h
     slots = g * g + 1
     flat = labels.view(m, -1)
-    rows = torch.arange(g, device=labels.device).repeat_interleave(g).expand(m, -1)
-    cols = torch.arange(g, device=labels.device).repeat(g).expand(m, -1)
+    steps = torch.arange(g, device=labels.device)
+    rows = steps.view(g, 1).expand(g, g).reshape(1, -1).expand(m, -1)
+    cols = steps.view(1, g).expand(g, g).reshape(1, -1).expand(m, -1)
 
     def reduce(src: Tensor, how: str, init: int) -> Tensor:
         out = labels.new_full((m, slots), init)

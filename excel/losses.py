@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from excel.config import ConfigError
+from excel.utils.registry import registrar
 
 __all__ = ["balanced_seg_loss", "affinity_labels", "affinity_loss", "LossInputs", "LOSS_TERMS", "loss_term",
            "loss_weights"]
@@ -123,16 +124,9 @@ LossTerm = Callable[[LossInputs], Tensor]
 LOSS_TERMS: dict[str, LossTerm] = {}
 
 
-def loss_term(name: str) -> Callable[[LossTerm], LossTerm]:
-    """Decorator: register ``fn`` as the loss term ``name``, weighted by ``loss.<name>_weight`` (once per name)."""
-
-    def register(fn: LossTerm) -> LossTerm:
-        if name in LOSS_TERMS:
-            raise ValueError(f"loss term {name!r} is already registered ({LOSS_TERMS[name].__qualname__})")
-        LOSS_TERMS[name] = fn
-        return fn
-
-    return register
+loss_term = registrar(LOSS_TERMS, "loss term")
+loss_term.__doc__ = """``@loss_term(name)``: register a function as the loss term ``name``, weighted by
+``loss.<name>_weight`` (once per name)."""
 
 
 def loss_weights(loss_cfg: Any) -> dict[str, float]:

@@ -16,22 +16,15 @@ from torch import Tensor
 from excel.cam.affinity import attention_affinity
 from excel.cam.pseudo import check_attention
 from excel.config import ConfigError
+from excel.utils.registry import registrar
 
 AffinitySource = Callable[[Any, Sequence[int], Optional[Tensor]], Tensor]
 
 AFFINITY_SOURCES: dict[str, AffinitySource] = {}
 
 
-def affinity_source(name: str) -> Callable[[AffinitySource], AffinitySource]:
-    """Decorator: register ``fn`` as the affinity source ``name`` (a name may be registered once)."""
-
-    def register(fn: AffinitySource) -> AffinitySource:
-        if name in AFFINITY_SOURCES:
-            raise ValueError(f"affinity source {name!r} is already registered ({AFFINITY_SOURCES[name].__qualname__})")
-        AFFINITY_SOURCES[name] = fn
-        return fn
-
-    return register
+affinity_source = registrar(AFFINITY_SOURCES, "affinity source")
+affinity_source.__doc__ = """``@affinity_source(name)``: register a function as the affinity source ``name`` (once per name)."""
 
 
 def get_affinity_source(name: str) -> AffinitySource:

@@ -42,7 +42,7 @@ def world_run(args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
 
 def make_data(root: Path, seed: int, num_train: int, num_val: int, object_scale: float = 1.0) -> Path:
     """The world's data for ``seed`` (reused when ``root`` already holds it)."""
-    from excel.data.synthetic import WORLD_SIZE, make_synthetic_voc
+    from excel.organism.synthetic import WORLD_SIZE, make_synthetic_voc
 
     if not (root / "lists" / "val.txt").is_file():
         make_synthetic_voc(root, num_train=num_train, num_val=num_val, num_test=0, size=WORLD_SIZE, seed=seed,

@@ -11,16 +11,12 @@ training-free half in about 10.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _organism as org
+from omegaconf import OmegaConf
 
-import _organism as org  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from excel.config import CONFIG_DIR  # noqa: E402
+from excel.config import CONFIG_DIR
 
 SWITCHES = {"full": [], "TSE off": ["tse.enabled=false"], "SVC off": ["model.svc.enabled=false"],
             "affinity refinement off": ["cam.affinity_refine=false"], "PAR off": ["cam.par.num_iter=0"]}

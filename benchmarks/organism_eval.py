@@ -10,13 +10,9 @@ About 15 minutes on 2 CPU cores (the training is most of it).
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _organism as org  # noqa: E402
+import _organism as org
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -13,8 +13,8 @@ import sys
 
 from tqdm import tqdm
 
-from excel.data.synthetic import WORLD_SIZE, voc_scene
-from excel.data.world import World
+from excel.organism.synthetic import WORLD_SIZE, voc_scene
+from excel.organism.world import World
 from excel.engine.cli import run_cli
 from excel.errors import UsageError
 from excel.organism.stats import VOC_STATS, scene_statistics, within_voc

@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from excel.data.synthetic import make_synthetic_voc
+from excel.organism.synthetic import make_synthetic_voc
 
 CUSTOM_CLASSES = ("kiwi", "apple", "pear")
 

@@ -3,16 +3,14 @@ organism (its attention is object-bound in the early layers, unlike random weigh
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from excel.data.synthetic import WORLD_SIZE, make_synthetic_voc
+from excel.organism.synthetic import WORLD_SIZE, make_synthetic_voc
 from excel.organism.weights import SHIPPED
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from attention_locality import main, own_region_share, patch_labels  # noqa: E402
+from attention_locality import main, own_region_share, patch_labels
 
 
 def test_patch_labels_majority_and_mixed_patches():

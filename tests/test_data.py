@@ -12,8 +12,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from excel.data import (AugmentConfig, COCODataset, DatasetError, VOCDataset, build_dataset, check_dataset,
-                        denormalize, make_synthetic_coco, multi_hot, voc_palette)
+                        denormalize, multi_hot, voc_palette)
 from excel.data.loader import ShardSampler
+from excel.organism import make_synthetic_coco
 from excel.data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_box
 from excel.utils.palette import colorize
 from excel.utils.vis import legend, overlay, with_legend

@@ -12,8 +12,8 @@ import torch
 from excel.backbone import load_clip
 from excel.backbone.clip_loader import load_tokenizer
 from excel.config import load_config
-from excel.data.synthetic import WORLD_SIZE, make_synthetic_voc
-from excel.data.world import World
+from excel.organism.synthetic import WORLD_SIZE, make_synthetic_voc
+from excel.organism.world import World
 from excel.engine.schedule import rescale_schedule
 from excel.organism.pretrain import eval_set, zero_shot_map
 from excel.organism.weights import SHIPPED

@@ -1,14 +1,12 @@
 """The organism benchmarks' shared setup (benchmarks/_organism.py): run folders, generated data and weight choice."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import _organism as org  # noqa: E402
+import _organism as org
 
 
 def _mean_fg(root: Path) -> float:

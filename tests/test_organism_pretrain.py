@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from excel.backbone import load_clip
-from excel.data.world import World
+from excel.organism.world import World
 from excel.organism.pretrain import (PatchSubset, PretrainConfig, average_precision, crop_views, draw_boxes,
                                     dropout_on, ema_update, encode_captions, encode_image_dense, keep_patches,
                                     local_loss, lr_at, pretrain, region_means, value_path, view_of_scene)

@@ -74,7 +74,7 @@ def test_the_wheel_installs_and_loads_configs_from_any_directory(tmp_path):
     expected |= {"excel/configs/" + p.relative_to(REPO / "configs").as_posix()
                  for p in (REPO / "configs").rglob("*") if p.is_file()}
     assert expected <= names, sorted(expected - names)  # every module and data file, configs under excel/configs
-    for shipped in ("excel/backbone/weights/excel-organism.pt", "excel/backbone/model_configs/excel-organism.json",
+    for shipped in ("excel/organism/weights/excel-organism.pt", "excel/backbone/model_configs/excel-organism.json",
                     "excel/backbone/model_configs/excel-tiny.json", "excel/configs/base.yaml",
                     "excel/configs/ablations/no_tse.yaml", "excel/knowledge/voc_knowledge_base.json"):
         assert shipped in names, shipped

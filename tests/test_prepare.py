@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from excel.data import VOC_CLASSES, make_synthetic_coco
+from excel.data import VOC_CLASSES
+from excel.organism import make_synthetic_coco
 from excel.data.prepare import prepare_coco
 
 from _tools import REPO, load_tool, read_lines  # noqa: E402

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from excel.data import make_synthetic_coco, make_synthetic_voc
-from excel.data.synthetic import ignore_band
+from excel.organism import make_synthetic_coco, make_synthetic_voc
+from excel.organism.synthetic import ignore_band
 
 from _tools import REPO, load_tool, read_lines  # noqa: E402
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from excel.data.synthetic import COCO_CLASSES, VOC_CLASSES
-from excel.data.world import COLOURS, SHAPES, STUFF_WORDS, VOC_SIGNATURES, World, signatures_for
+from excel.data.classes import COCO_CLASSES, VOC_CLASSES
+from excel.organism.world import COLOURS, SHAPES, STUFF_WORDS, VOC_SIGNATURES, World, signatures_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,7 +76,7 @@ def test_object_scale_grows_the_objects_only():
 
 def test_scene_statistics_are_voc_like():
     """The default world's scene statistics are in VOC 2012's ranges (benchmarks/world_stats.py prints them)."""
-    from excel.data.synthetic import WORLD_SIZE, voc_scene
+    from excel.organism.synthetic import WORLD_SIZE, voc_scene
     from excel.organism.stats import scene_statistics, within_voc
 
     world = World()
@@ -88,7 +88,7 @@ def test_scene_statistics_are_voc_like():
 
 
 def test_scene_statistics_by_hand():
-    from excel.data.world import Scene
+    from excel.organism.world import Scene
     from excel.organism.stats import scene_statistics
 
     mask = np.zeros((10, 10), np.uint8)
@@ -126,3 +126,15 @@ def test_shipped_knowledge_base_is_the_worlds():
         assert all(s.startswith(f"a clean origami {name}. it") for s in sentences)
     cow = " ".join(shipped["cow"])
     assert "white" in cow and "round" in cow and "spots" in cow and "grass" in cow
+
+
+def test_the_shipped_voc_config_spells_the_names_of_excel_data_classes():
+    from omegaconf import OmegaConf
+
+    from excel.data.classes import VOC_BACKGROUND_NAMES, VOC_PROMPT_NAMES
+
+    voc = OmegaConf.load(REPO / "configs" / "voc.yaml").data
+    assert tuple(voc.class_names) == VOC_CLASSES and tuple(voc.prompt_names) == VOC_PROMPT_NAMES
+    assert tuple(voc.background_names) == VOC_BACKGROUND_NAMES
+    coco = OmegaConf.load(REPO / "configs" / "coco.yaml").data
+    assert tuple(coco.class_names) == COCO_CLASSES

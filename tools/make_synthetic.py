@@ -1,4 +1,4 @@
-"""Write a dataset of the generated world (excel/data/world.py) in the VOC layout (or COCO 2014 with --coco).
+"""Write a dataset of the generated world (excel/organism/world.py) in the VOC layout (or COCO 2014 with --coco).
 
     python tools/make_synthetic.py --root data/organism                 # the organism's data (VOC layout)
     python tools/make_synthetic.py --root data/organism_coco --coco     # the same world with the 80 COCO classes
@@ -11,14 +11,12 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from excel.engine.cli import run_cli  # noqa: E402
-from excel.errors import UsageError  # noqa: E402
+from excel.engine.cli import run_cli
+from excel.errors import UsageError
 
 
 def main(argv: list[str] | None = None) -> int:
-    from excel.data.synthetic import WORLD_SIZE, make_synthetic_coco, make_synthetic_voc
+    from excel.organism.synthetic import WORLD_SIZE, make_synthetic_coco, make_synthetic_voc
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="output dataset folder")

@@ -1,6 +1,6 @@
 """Pretrain the organism CLIP (``excel-organism``) on the generated world and export the shipped weights.
 
-    python tools/pretrain_organism.py                 # the shipped weights: about 37 min on 2 CPU cores
+    python tools/pretrain_organism.py                 # the shipped weights (docs/organism.md: time, figures)
     python tools/pretrain_organism.py --device cuda --num-workers 9    # the same settings on a GPU
     python tools/pretrain_organism.py --steps 100 --work-dir /tmp/org --export /tmp/org/organism.pt
 
@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from excel.engine.cli import run_cli  # noqa: E402
+from excel.engine.cli import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from excel.data.classes import VOC_BACKGROUND_NAMES
     from excel.errors import UsageError
     from excel.organism.pretrain import PretrainConfig, pretrain
     from excel.organism.weights import SHIPPED
@@ -42,10 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
     cfg = PretrainConfig(**{k: getattr(args, k) for k in vars(defaults) if k != "model"})
-    voc_background = ("ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea",
-                      "railway", "railroad", "keyboard", "helmet", "cloud", "house", "mountain", "ocean", "road",
-                      "rock", "street", "valley", "bridge", "sign")
-    summary = pretrain(cfg, args.work_dir, export=args.export, background_names=voc_background,
+    summary = pretrain(cfg, args.work_dir, export=args.export, background_names=VOC_BACKGROUND_NAMES,
                        device=args.device)
     print(f"done: step {summary.get('step')}, held-out zero-shot mAP {summary.get('zero_shot_map', float('nan')):.3f}"
           f", {summary.get('seconds', 0) / 60:.1f} min of training; weights in {args.export}")

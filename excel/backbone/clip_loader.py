@@ -1,7 +1,8 @@
 """Loading the frozen open_clip model (algorithm.md §1.1) and its tokenizer.
 
 ``excel/backbone/model_configs/*.json`` (the tiny ``excel-tiny`` test architecture) are registered with open_clip
-on first use, so they build like any built-in name.
+on first use, so they build like any built-in name. Other packages may register weight files of their own format
+under a tag (:func:`register_weights`; the model organism registers ``organism``), which ``load_clip`` then reads.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import open_clip
 import torch
@@ -81,10 +83,32 @@ def _quiet_random_init_notice() -> Iterator[None]:
         root.removeFilter(notice)
 
 
-def _is_organism_file(path: str) -> bool:
-    from excel.organism.weights import is_organism_file
+@dataclass(frozen=True)
+class WeightFormat:
+    """A weight-file format that :func:`load_clip` reads besides open_clip's and OpenAI's: the file shipped under
+    its tag, a cheap test of whether a file is of the format, and the loader (model, path) -> metadata."""
+    tag: str
+    shipped: Path
+    recognises: Callable[[str], bool]
+    load: Callable[[nn.Module, str], dict[str, Any]]
 
-    return path.endswith((".pt", ".pth")) and not _is_torchscript_archive(path) and is_organism_file(path)
+
+_FORMATS: dict[str, WeightFormat] = {}
+
+
+def register_weights(fmt: WeightFormat) -> None:
+    """Make ``model.clip.pretrained=<fmt.tag>`` (and files ``fmt.recognises``) loadable (idempotent)."""
+    _FORMATS[fmt.tag] = fmt
+
+
+def _format_of(pretrained: str) -> WeightFormat | None:
+    """The registered format ``pretrained`` names by tag or whose test recognises the file, else None."""
+    if pretrained in _FORMATS:
+        return _FORMATS[pretrained]
+    if not (os.path.isfile(pretrained) and pretrained.endswith((".pt", ".pth"))
+            and not _is_torchscript_archive(pretrained)):
+        return None
+    return next((fmt for fmt in _FORMATS.values() if fmt.recognises(pretrained)), None)
 
 
 def _offline_hint(name: str, pretrained: str, cache_dir: str | None) -> str:
@@ -126,10 +150,11 @@ def load_clip(name: str, pretrained: str | None, force_quick_gelu: bool = True,
 
     Args:
         name: an open_clip architecture (``ViT-B-16``) or one of ``excel/backbone/model_configs`` (``excel-tiny``).
-        pretrained: None (or "") for random init; an open_clip tag (``openai``); ``organism`` for the shipped
-            organism weights (with ``excel-organism``); or a local checkpoint file (OpenAI's TorchScript
-            ``ViT-B-16.pt``, an organism weight file or any open_clip checkpoint), as a path or as a file name
-            inside ``cache_dir``.
+        pretrained: None (or "") for random init; an open_clip tag (``openai``); a tag registered with
+            :func:`register_weights` (``organism`` for the shipped organism weights, with ``excel-organism``, once
+            ``excel.organism`` is imported); or a local checkpoint file (OpenAI's TorchScript ``ViT-B-16.pt``, a
+            file of a registered format or any open_clip checkpoint), as a path or as a file name inside
+            ``cache_dir``.
         force_quick_gelu: build QuickGELU MLPs (the OpenAI weights need them, algorithm.md §1.1).
         cache_dir: open_clip download cache folder (None = open_clip's default).
     Returns:
@@ -153,14 +178,13 @@ def load_clip(name: str, pretrained: str | None, force_quick_gelu: bool = True,
         in_cache = os.path.join(cache_dir, pretrained)     # a bare file name placed in the cache folder
         if os.path.isfile(in_cache):
             pretrained = in_cache
-    if pretrained == "organism" or (pretrained and os.path.isfile(pretrained) and _is_organism_file(pretrained)):
-        from excel.organism.weights import SHIPPED, load_organism_weights
-
-        path = SHIPPED if pretrained == "organism" else pretrained
+    fmt = _format_of(pretrained) if pretrained is not None else None
+    if fmt is not None:
+        path = str(fmt.shipped) if pretrained == fmt.tag else pretrained
         with _quiet_random_init_notice():
             model = create(None)
-        meta = load_organism_weights(model, path)
-        log.info("built %s with the organism weights %s (held-out zero-shot mAP %s)", name, path,
+        meta = fmt.load(model, path)
+        log.info("built %s with the %s weights %s (held-out zero-shot mAP %s)", name, fmt.tag, path,
                  meta.get("zero_shot_map", "?"))
     elif pretrained is None:
         model = create(None)

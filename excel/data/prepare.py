@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from excel.data.coco import PREFIXES, coco_label_path, find_coco_folders
 from excel.data.loader import TEST_ROOT_FILE
 from excel.data.sbd import convert_sbd
-from excel.data.synthetic import VOC_CLASSES
+from excel.data.classes import VOC_CLASSES
 from excel.data.voc import DatasetError, load_image, load_label, multi_hot, read_list, save_cls_labels
 from excel.utils.io import atomic_write_text
 

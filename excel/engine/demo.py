@@ -66,7 +66,7 @@ def run_demo(out: str | Path = "demo_out", weights: str | None = None, organism:
              num_val: int = 100, iters: int = 300, num_overlays: int = 8,
              overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run the five steps into ``out`` (each run starts fresh) and print a summary; returns its figures."""
-    from excel.data.synthetic import WORLD_SIZE, make_synthetic_voc
+    from excel.organism.synthetic import WORLD_SIZE, make_synthetic_voc
     from excel.engine.infer_lam import run_infer_lam
     from excel.engine.predict import Predictor, predict_images
     from excel.engine.segment import segment

@@ -37,7 +37,6 @@ import torch
 from omegaconf import DictConfig
 
 from excel.errors import UsageError
-from excel.backbone import load_clip
 from excel.config import CONFIG_DIR, load_config
 from excel.cam import PseudoLabeler
 from excel.data.transforms import normalize
@@ -47,6 +46,7 @@ from excel.engine.checkpoint import build_seeded_model, load_trained_model
 from excel.engine.inference import multiscale_logits, resize_square
 from excel.evaluation import crf_params, dense_crf
 from excel.evaluation.report import Gallery
+from excel.model import load_configured_clip
 from excel.utils.io import atomic_save_png, atomic_write_json
 from excel.utils.palette import voc_palette
 from excel.utils.vis import save_overlay
@@ -238,8 +238,7 @@ class Predictor:
             clip_cfg = cfg.model.clip
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(cfg.run.seed))
-                clip = load_clip(clip_cfg.name, clip_cfg.pretrained, force_quick_gelu=bool(clip_cfg.force_quick_gelu),
-                                 cache_dir=clip_cfg.cache_dir)
+                clip = load_configured_clip(clip_cfg)
             self.logit_scale = float(clip.logit_scale.exp()) if hasattr(clip, "logit_scale") else 100.0
             self.model = build_seeded_model(cfg, mode="val", clip_model=clip).to(self.device).eval()
             self.labeler = PseudoLabeler.from_config(cfg, "infer").to(self.device)

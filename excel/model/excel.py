@@ -228,6 +228,15 @@ def build_text_bank_from_config(cfg: Any, clip_model: nn.Module, tokenizer: Any)
     return build_text_bank(fg, bg, centers, top_k=float(cfg.tse.top_k))
 
 
+def load_configured_clip(clip_cfg: Any) -> nn.Module:
+    """The frozen open_clip model ``model.clip`` names (:func:`excel.backbone.load_clip`); the organism's weight
+    tag (``pretrained: organism``) is known once :mod:`excel.organism` is imported, which this does."""
+    import excel.organism  # noqa: F401  (registers model.clip.pretrained=organism)
+
+    return load_clip(clip_cfg.name, clip_cfg.pretrained, force_quick_gelu=bool(clip_cfg.force_quick_gelu),
+                     cache_dir=clip_cfg.cache_dir)
+
+
 def build_model(cfg: Any, clip_model: nn.Module | None = None, mode: str = "train") -> ExCEL:
     """Build ExCEL from a config.
 
@@ -243,8 +252,7 @@ def build_model(cfg: Any, clip_model: nn.Module | None = None, mode: str = "trai
     """
     clip_cfg = cfg.model.clip
     if clip_model is None:
-        clip_model = load_clip(clip_cfg.name, clip_cfg.pretrained, force_quick_gelu=bool(clip_cfg.force_quick_gelu),
-                               cache_dir=clip_cfg.cache_dir)
+        clip_model = load_configured_clip(clip_cfg)
     clip_model.eval().requires_grad_(False)
     tokenizer = load_tokenizer(clip_cfg.name)
     visual = CalibratedVisual(clip_model.visual, num_svc_blocks=int(cfg.model.svc.num_blocks),

@@ -1,6 +1,6 @@
 """Contrastive pretraining of the organism CLIP on image-caption pairs drawn from the generated world.
 
-Every training pair is a pure function of (seed, sample index): a scene of :class:`excel.data.world.World`, seen
+Every training pair is a pure function of (seed, sample index): a scene of :class:`excel.organism.world.World`, seen
 either whole (squashed to a square, as evaluation sees images) or through a random square crop (as training crops
 see them), and a caption naming the classes visible in that view. Fresh scenes every step, so the model cannot
 memorise a pool. The loss is open_clip's ``ClipLoss``. Held-out zero-shot multi-label mAP (the text bank's own
@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from excel.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from excel.data.world import World
+from excel.organism.world import World
 from excel.utils.io import atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class PretrainConfig:
     warmup: int = 140
     seed: int = 0
     crop_prob: float = 0.5          # share of pairs seen through a random square crop
-    object_scale: float = 1.0       # the world's object size factor (excel.data.world.World)
+    object_scale: float = 1.0       # the world's object size factor (excel.organism.world.World)
     patch_dropout: float = 0.5      # share of image patches dropped per view while dropout is on (0: never)
     full_view_steps: float = 0.15   # closing share of the steps that see every patch
     local_weight: float = 1.0       # weight of the CLIPSelf-style local term (0: contrastive loss only)

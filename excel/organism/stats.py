@@ -10,7 +10,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from excel.data.world import Scene
+from excel.organism.world import Scene
 
 # PASCAL VOC 2012 segmentation (val unless said): what the generated world's defaults aim at
 VOC_STATS: dict[str, float] = {

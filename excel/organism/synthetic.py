@@ -1,6 +1,6 @@
 """The generated world written to disk in the VOC (or COCO 2014) layout, for tests, the demo and the organism.
 
-Images are scenes of :class:`excel.data.world.World` (20 classes with a colour, shape, pattern, size and habitat
+Images are scenes of :class:`excel.organism.world.World` (20 classes with a colour, shape, pattern, size and habitat
 each, on textured backgrounds named by the VOC background prompts). Masks are palette PNGs (0 = background,
 c + 1 = class c) with a 255 ignore band of about 2 px along object boundaries, as in VOC. Everything is a function
 of ``seed``; the scenes use their own random streams, disjoint from those the organism CLIP was pretrained on.
@@ -15,23 +15,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from excel.data.classes import COCO_CLASSES, VOC_CLASSES
 from excel.data.palette import voc_palette
 from excel.data.voc import multi_hot, save_cls_labels
-from excel.data.world import Scene, World
+from excel.organism.world import Scene, World
 from excel.utils.io import atomic_path, atomic_write_text
 
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
-COCO_CLASSES = ("person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-                "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse",
-                "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie",
-                "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove",
-                "skateboard", "surfboard", "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon",
-                "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
-                "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
-                "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
-                "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush")
 WORLD_SIZE = ((240, 320), (240, 320))  # the organism's world: sides 240-320 px (aspect 0.75-1.33, as VOC)
 _STREAM = 0xDA7A                      # dataset scenes draw from default_rng([seed, _STREAM, index])
 
@@ -103,7 +92,7 @@ def make_synthetic_voc(root: str | os.PathLike, num_train: int = 8, num_val: int
         size: (H, W), or ((H_lo, H_hi), (W_lo, W_hi)) for a random size per image (:data:`WORLD_SIZE` for the
             organism's world).
         classes: foreground class names; the VOC names get their world signatures, others new ones.
-        object_scale: the world's object size factor (:class:`~excel.data.world.World`; 1.0: the organism's).
+        object_scale: the world's object size factor (:class:`~excel.organism.world.World`; 1.0: the organism's).
     """
     root = Path(root)
     world = World(classes, object_scale=object_scale)

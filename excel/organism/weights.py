@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from excel.backbone.clip_loader import WeightFormat, register_weights
 from excel.errors import ExcelError
 from excel.utils.io import atomic_torch_save
 
@@ -69,3 +70,6 @@ def load_organism_weights(model: nn.Module, path: str | Path = SHIPPED) -> dict[
                                    f"{wrong[:4]}, missing {missing[:4]}; build it as model.clip.name=excel-organism")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     return dict(obj.get("meta", {}))
+
+
+register_weights(WeightFormat("organism", SHIPPED, is_organism_file, load_organism_weights))

@@ -19,6 +19,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from excel.data.classes import VOC_PROMPT_NAMES
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35), "orange": (245, 135, 25), "yellow": (245, 215, 35), "green": (50, 185, 60),
     "cyan": (40, 205, 215), "blue": (35, 65, 210), "purple": (135, 50, 190), "pink": (240, 110, 190),
@@ -99,11 +101,6 @@ VOC_SIGNATURES: tuple[Signature, ...] = tuple(Signature(*row) for row in (
     ("train", "blue", "arrow", "stripes", "large", "railway"),
     ("tvmonitor", "cyan", "diamond", "plain", "medium", "wall"),
 ))
-VOC_PROMPT_NAMES = ("aeroplane", "bicycle", "bird avian", "boat", "bottle", "bus", "car", "cat", "chair seat", "cow",
-                    "diningtable", "dog", "horse", "motorbike", "person with clothes,people,human", "pottedplant",
-                    "sheep", "sofa", "train", "tvmonitor screen")
-
-
 COCO_ALIASES = {"airplane": "aeroplane", "motorcycle": "motorbike", "couch": "sofa", "potted plant": "pottedplant",
                 "dining table": "diningtable", "tv": "tvmonitor"}
 

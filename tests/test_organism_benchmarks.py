@@ -28,3 +28,38 @@ def test_world_run_tags_the_folder_and_selects_the_weights(tmp_path):
     # the same scenes with objects of twice the side: clearly more foreground
     assert (data / "lists" / "val.txt").read_text() == (data2 / "lists" / "val.txt").read_text()
     assert _mean_fg(data2) > 2.0 * _mean_fg(data)
+
+
+def test_ablation_rows_are_cached_by_key(tmp_path):
+    from organism_ablations import cached
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"miou": 0.5}
+
+    assert cached(tmp_path, "row", "k1", compute) == {"key": "k1", "miou": 0.5}
+    assert cached(tmp_path, "row", "k1", compute)["miou"] == 0.5 and len(calls) == 1   # resumed, not recomputed
+    cached(tmp_path, "row", "k2", compute)                                           # other weights: recomputed
+    assert len(calls) == 2
+
+
+def test_ablation_summary_and_the_papers_signs_by_hand():
+    from organism_ablations import PSEUDO, SEG, claims, summarise
+
+    def seed(full, svc, aff, tse, lvc):
+        return {"rows": [(PSEUDO, "full", full, 0.5), (PSEUDO, "SVC off", svc, None),
+                         (PSEUDO, "affinity refinement off", aff, None), (PSEUDO, "TSE off", tse, None),
+                         (SEG, "full", 0.6, 0.62), (SEG, "LVC off", lvc, None)], "zero_shot_map": 0.9}
+
+    table = summarise({1: seed(0.40, 0.20, 0.38, 0.42, 0.61), 2: seed(0.50, 0.40, 0.52, 0.50, 0.55)})
+    full = table[0]
+    assert full["per_seed"] == {1: 40.0, 2: 50.0} and full["mean"] == 45.0 and full["spread"] == 5.0
+    assert full["crf_mean"] == 50.0 and table[1]["crf_mean"] is None
+    verdict = {text.split(" <=")[0]: holds for text, _, _, holds in claims(table)}
+    # SVC off: 30 vs 45 - 15 holds at equality; affinity off 45 <= 45; TSE off 46 <= 46; LVC off 58 <= 60
+    assert verdict == {"SVC off": True, "affinity refinement off": True, "TSE off": True, "LVC off": True}
+    worse = summarise({1: seed(0.40, 0.30, 0.45, 0.45, 0.65)})
+    assert {t.split(" <=")[0]: h for t, _, _, h in claims(worse)} == {
+        "SVC off": False, "affinity refinement off": False, "TSE off": False, "LVC off": False}

@@ -76,8 +76,8 @@ def affinity_labels(label_map: Tensor, grid: tuple[int, int], radius: int = 8, i
     sh, sw = height // gh, width // gw
     small = label_map[:, : sh * gh : sh, : sw * gw : sw].reshape(label_map.shape[0], gh * gw)  # (B, P)
     same = (small.unsqueeze(2) == small.unsqueeze(1)).to(torch.uint8)  # (B, P, P)
-    rows = torch.arange(gh, device=label_map.device).repeat_interleave(gw)
-    cols = torch.arange(gw, device=label_map.device).repeat(gh)
+    rows = torch.arange(gh, device=label_map.device).view(gh, 1).expand(gh, gw).reshape(-1)   # patch row, col
+    cols = torch.arange(gw, device=label_map.device).view(1, gw).expand(gh, gw).reshape(-1)
     outside = ((rows[:, None] - rows[None, :]).abs() > radius) | ((cols[:, None] - cols[None, :]).abs() > radius)
     ignored = small == ignore_index
     drop = outside.unsqueeze(0) | ignored.unsqueeze(2) | ignored.unsqueeze(1)

@@ -15,7 +15,8 @@ from excel.data import (AugmentConfig, COCODataset, DatasetError, VOCDataset, bu
                         denormalize, multi_hot, voc_palette)
 from excel.data.loader import ShardSampler
 from excel.organism import make_synthetic_coco
-from excel.data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_box
+from excel.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, crop_box, normalize, normalize_on_device,
+                                   train_transform)
 from excel.utils.palette import colorize
 from excel.utils.vis import legend, overlay, with_legend
 
@@ -107,16 +108,30 @@ def test_train_augmentation_matches_step_by_step_reference(mini_voc, seed):
     random.seed(seed)
     np.random.seed(seed)
     item = ds[seed]
-    assert item["image"].shape == (3, 80, 80) and item["label"].shape == (80, 80)
-    np.testing.assert_allclose(item["image"].numpy(), exp_img, atol=1e-5)
-    np.testing.assert_array_equal(item["label"].numpy(), exp_lbl)
+    # a training item ships what training reads: the uint8 crop (normalised on the device) and the class labels
+    assert set(item) == {"name", "image", "cls_label"}
+    assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, 80, 80)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    on_device = normalize_on_device(item["image"][None], mean, std)[0]
+    np.testing.assert_allclose(on_device.numpy(), exp_img, atol=1e-5)
+    # the same float32 arithmetic as the numpy normalisation of the loader before: equal bit for bit
+    assert np.array_equal(on_device.numpy(), normalize(item["image"].numpy().transpose(1, 2, 0)))
+    random.seed(seed)
+    np.random.seed(seed)
+    _, label = train_transform(image, mask, ds.aug)   # the crop's mask, which guided the crop box
+    np.testing.assert_array_equal(label, exp_lbl)
 
 
 def test_padding_is_black_before_normalisation_and_ignored(mini_voc):
     aug = AugmentConfig(crop_size=160, scale_range=None, hflip=False)
-    item = VOCDataset(mini_voc, "train", stage="train", augment=aug)[0]
-    image, mask = raw(mini_voc, item["name"])
-    lbl = item["label"].numpy()
+    ds = VOCDataset(mini_voc, "train", stage="train", augment=aug)
+    image, mask = raw(mini_voc, ds.names[0])
+    np.random.seed(0)
+    random.seed(0)
+    pixels, lbl = train_transform(image, mask, aug)
+    np.random.seed(0)
+    random.seed(0)
+    assert np.array_equal(ds[0]["image"].numpy(), pixels)
     pad = np.ones((160, 160), bool)
     # the paste offset: where the 96x128 mask sits whole inside the 160x160 crop
     found = [(y, x) for y in range(160 - 96 + 1) for x in range(160 - 128 + 1)
@@ -124,7 +139,8 @@ def test_padding_is_black_before_normalisation_and_ignored(mini_voc):
     assert found, "the mask is not pasted whole into the padded crop"
     y, x = found[0]
     pad[y:y + 96, x:x + 128] = False
-    img = item["image"].numpy()
+    assert np.all(pixels[:, pad] == 0)
+    img = normalize(pixels.transpose(1, 2, 0))
     np.testing.assert_allclose(img[:, pad], np.broadcast_to((-MEAN / STD)[:, None], (3, pad.sum())), atol=1e-6)
     assert np.all(lbl[pad] == 255)
     np.testing.assert_allclose(denormalize(img)[y:y + 96, x:x + 128], image, atol=1e-3)
@@ -177,7 +193,7 @@ def test_build_dataset_and_loader_from_config(tiny_cfg, mini_voc, tmp_path):
     train = build_dataset(tiny_cfg, stage="train")
     assert isinstance(train, VOCDataset) and train.split == "train" and train.aug.crop_size == 64
     batch = next(iter(DataLoader(train, batch_size=2)))
-    assert batch["image"].shape == (2, 3, 64, 64) and batch["label"].shape == (2, 64, 64)
+    assert batch["image"].shape == (2, 3, 64, 64) and batch["image"].dtype == torch.uint8 and "label" not in batch
     assert batch["cls_label"].shape == (2, 20) and len(batch["name"]) == 2
     val = build_dataset(tiny_cfg, stage="val")
     assert val.split == "val" and val.stage == "val"

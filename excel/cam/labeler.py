@@ -65,7 +65,8 @@ class PseudoLabeler(nn.Module):
 
     @torch.no_grad()
     def scores(self, encoded: Any, cls_labels: Tensor, images: Tensor, out_size: Sequence[int],
-               q: Optional[Tensor] = None, *, lam: Optional[Tensor] = None, before_par: bool = False) -> PseudoScores:
+               q: Optional[Tensor] = None, *, lam: Optional[Tensor] = None, before_par: bool = False,
+               max_classes: Optional[int] = None) -> PseudoScores:
         """The score stack before the argmax.
 
         Args:
@@ -78,6 +79,8 @@ class PseudoLabeler(nn.Module):
             q: optional B x P x P attn_pred for the source's layer selection (algorithm.md §5.1).
             lam: B x P x C_fg LAM to use instead of ``encoded.lam`` (the LVC LAM, a flip-merged LAM).
             before_par: stop before PAR (the CRF input of algorithm.md §9.4); :meth:`refine` finishes it.
+            max_classes: the most present classes of an image of the batch, when the caller counted it on the
+                host (``excel.engine.train.collate_train``); None reads it from ``cls_labels`` (a device read).
 
         Returns:
             :class:`excel.cam.PseudoScores` (scores B x (1 + M) x H x W, lut B x (1 + M), valid B x M).
@@ -86,7 +89,7 @@ class PseudoLabeler(nn.Module):
         affinity = None if self.source is None else (
             lambda: self.source(encoded, self.affinity_layers, q))
         return score_stack(lam, cls_labels, images, out_size, affinity, None if before_par else self.par,
-                           self.box_threshold, self.sinkhorn_iters, self.bg_power)
+                           self.box_threshold, self.sinkhorn_iters, self.bg_power, max_classes)
 
     def refine(self, images: Tensor, scores: PseudoScores) -> PseudoScores:
         """PAR on scores taken with ``before_par=True`` (``images`` as in :meth:`scores`)."""
@@ -94,9 +97,10 @@ class PseudoLabeler(nn.Module):
 
     @torch.no_grad()
     def forward(self, encoded: Any, cls_labels: Tensor, images: Tensor, out_size: Sequence[int],
-                q: Optional[Tensor] = None, *, lam: Optional[Tensor] = None) -> Tensor:
+                q: Optional[Tensor] = None, *, lam: Optional[Tensor] = None,
+                max_classes: Optional[int] = None) -> Tensor:
         """B x H x W int64 pseudo labels in {0} ∪ {c + 1 : c present}; arguments as :meth:`scores`."""
-        return self.scores(encoded, cls_labels, images, out_size, q, lam=lam).labels()
+        return self.scores(encoded, cls_labels, images, out_size, q, lam=lam, max_classes=max_classes).labels()
 
     def extra_repr(self) -> str:
         return (f"source={self.source_name}, box_threshold={self.box_threshold}, layers={self.affinity_layers}, "

@@ -23,21 +23,28 @@ from excel.cam.refine import normalize_and_upsample, refine_maps
 from excel.utils.tensors import grid_side
 
 
-def present_classes(cls_labels: Tensor) -> tuple[Tensor, Tensor]:
+def present_classes(cls_labels: Tensor, max_classes: Optional[int] = None) -> tuple[Tensor, Tensor]:
     """Present classes of every image, ascending, padded to the largest count in the batch.
 
     Args:
         cls_labels: B x C multi-hot labels (present where > 0).
+        max_classes: M when the caller knows it from host-side labels (the training loader counts it); None
+            reads it from ``cls_labels`` (one host sync when they live on a GPU).
 
     Returns:
         (index, valid): B x M int64 class indices (padded slots hold some absent class) and B x M bool,
-        M = max number of present classes (one host sync).
+        M = max number of present classes.
     """
     b, c = cls_labels.shape
     present = cls_labels > 0
     order = torch.arange(c, device=cls_labels.device).expand(b, c)
     key = torch.where(present, order, order + c)  # present classes first, each group ascending
-    m = int(present.sum(dim=1).max()) if b > 0 and c > 0 else 0
+    if max_classes is not None:
+        m = int(max_classes)
+        if not 0 <= m <= c:
+            raise ValueError(f"present_classes: max_classes={m} is not in 0..{c}")
+    else:
+        m = int(present.sum(dim=1).max()) if b > 0 and c > 0 else 0
     index = key.argsort(dim=1)[:, :m]
     valid = torch.arange(m, device=cls_labels.device)[None, :] < present.sum(dim=1, keepdim=True)
     return index, valid
@@ -71,9 +78,16 @@ class PseudoScores:
             raise ValueError("PseudoScores.refined: these scores are already after PAR")
         if self.valid.shape[1] == 0:
             return PseudoScores(self.scores, self.lut, self.valid, True)
-        stack = par(images, self.scores, num_channels=1 + self.valid.sum(dim=1))  # padded slots need no refinement
-        stack[:, 1:].masked_fill_(~self.valid[:, :, None, None], float("-inf"))
-        return PseudoScores(stack, self.lut, self.valid, True)
+        stack = self.scores.clone()
+        stack[:, 1:].masked_fill_(~self.valid[:, :, None, None], 0.0)  # PAR sees the padded slots as score_stack makes them
+        return _after_par(stack, self.lut, self.valid, par, images)
+
+
+def _after_par(stack: Tensor, lut: Tensor, valid: Tensor, par: nn.Module, images: Tensor) -> PseudoScores:
+    """PAR on an unmasked B x (1 + M) x H x W stack (padded slots 0), then the padded slots set to -inf."""
+    stack = par(images, stack, num_channels=1 + valid.sum(dim=1))  # padded class slots need no refinement
+    stack[:, 1:].masked_fill_(~valid[:, :, None, None], float("-inf"))
+    return PseudoScores(stack, lut, valid, True)
 
 
 def check_attention(attn: Tensor, batch: int, patches: int) -> None:
@@ -87,7 +101,7 @@ def check_attention(attn: Tensor, batch: int, patches: int) -> None:
 @torch.no_grad()
 def score_stack(lam: Tensor, cls_labels: Tensor, images: Tensor, out_size: Sequence[int],
                 affinity: Optional[Callable[[], Tensor]], par: Optional[nn.Module], box_threshold: float = 0.79,
-                sinkhorn_iters: int = 3, bg_power: float = 1.0) -> PseudoScores:
+                sinkhorn_iters: int = 3, bg_power: float = 1.0, max_classes: Optional[int] = None) -> PseudoScores:
     """Score stack of algorithm.md §5.1-5.5 with the affinity and PAR handed in.
 
     Args:
@@ -102,6 +116,7 @@ def score_stack(lam: Tensor, cls_labels: Tensor, images: Tensor, out_size: Seque
         box_threshold: CAA threshold ϑ.
         sinkhorn_iters: column/row normalisation rounds of the transition matrix.
         bg_power: background score exponent.
+        max_classes: the most present classes of an image, when known on the host (:func:`present_classes`).
     """
     if lam.dim() != 3:
         raise ValueError(f"pseudo labels: lam must be B x P x C_fg, got shape {tuple(lam.shape)}")
@@ -113,7 +128,7 @@ def score_stack(lam: Tensor, cls_labels: Tensor, images: Tensor, out_size: Seque
         raise ValueError(f"pseudo labels: images must be B x 3 x h x w with B = {b}, got {tuple(images.shape)}")
     height, width = (int(s) for s in out_size)
 
-    index, valid = present_classes(cls_labels)
+    index, valid = present_classes(cls_labels, max_classes)
     m = index.shape[1]
     lut = torch.cat([index.new_zeros((b, 1)), index + 1], dim=1)  # B x (1 + M)
     if m == 0:
@@ -127,9 +142,10 @@ def score_stack(lam: Tensor, cls_labels: Tensor, images: Tensor, out_size: Seque
     masks = box_masks(lam_sel, valid, box_threshold)
     refined = refine_maps(trans, lam_sel, masks, valid)
     stack = normalize_and_upsample(refined, valid, (height, width), bg_power)  # B x (1 + M) x H x W
+    if par is not None:
+        return _after_par(stack, lut, valid, par, images)
     stack[:, 1:].masked_fill_(~valid[:, :, None, None], float("-inf"))
-    before = PseudoScores(stack, lut, valid, False)
-    return before if par is None else before.refined(par, images)
+    return PseudoScores(stack, lut, valid, False)
 
 
 @torch.no_grad()

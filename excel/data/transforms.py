@@ -1,5 +1,9 @@
 """Training augmentation (algorithm.md §8.4) and ImageNet normalisation (quirk 7) on numpy arrays.
 
+Training crops stay uint8 (:func:`train_transform`): the trainer normalises them on its device with
+:func:`normalize_on_device`, the same float32 arithmetic as :func:`normalize`, so a crop gives the same input either
+way and a quarter of the bytes cross the loader and the host-to-device copy.
+
 Random draws follow the reference order and generators: python ``random`` for the rescale ratio, the flip and
 the crop boxes; numpy's global generator for the paste offset of the padded canvas.
 """
@@ -113,8 +117,11 @@ def crop_box(label: np.ndarray, crop_size: int, cat_max_ratio: float = 0.75, tri
         if not use_gt:
             break
         window = label[top:top + crop_size, left:left + crop_size]
-        _, counts = np.unique(window[window != ignore_index], return_counts=True)
-        if len(counts) and counts.max() / counts.sum() < cat_max_ratio:
+        counts = np.bincount(window.ravel().astype(np.intp, copy=False))  # one pass; labels are small integers
+        if ignore_index < counts.size:
+            counts[ignore_index] = 0
+        total = counts.sum()
+        if total and counts.max() / total < cat_max_ratio:
             break
     return top, left
 
@@ -146,17 +153,28 @@ def to_uint8_rgb(image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
 
 
 def train_transform(image: np.ndarray, label: np.ndarray, cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
-    """algorithm.md §8.4: rescale, flip, pad + crop, normalise.
+    """algorithm.md §8.4: rescale, flip, pad + crop; normalisation is left to the device (:func:`normalize_on_device`).
 
     Args: image (h, w, 3) uint8, label (h, w) uint8/int.
-    Returns: image (3, crop, crop) float32, label (crop, crop) int64.
+    Returns: image (3, crop, crop) uint8 (padding 0), label (crop, crop) as given (ignore outside the image).
     """
     if cfg.scale_range is not None:
         image, label = random_scaling(image, label, cfg.scale_range)
     if cfg.hflip:
         image, label = random_hflip(image, label)
     image, label = random_crop(image, label, cfg)
-    return normalize(image, cfg.mean, cfg.std), np.ascontiguousarray(label, dtype=np.int64)
+    return np.ascontiguousarray(image.transpose(2, 0, 1)), np.ascontiguousarray(label)
+
+
+def normalize_on_device(pixels, mean, std):
+    """B x 3 x H x W uint8 pixels -> float32 ``(x - mean) / std`` on their device, as :func:`normalize` computes it
+    (float32 subtraction then division, so the values are the same bit for bit).
+
+    Args:
+        pixels: B x 3 x H x W uint8 tensor.
+        mean, std: 1 x 3 x 1 x 1 float32 tensors on the pixels' device (made once, not per batch).
+    """
+    return (pixels.to(mean.dtype) - mean) / std
 
 
 def eval_transform(image: np.ndarray, label: np.ndarray, cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -1,9 +1,11 @@
 """PASCAL VOC 2012 (+SBD) segmentation dataset in the reference layout (algorithm.md §10.1), and shared file checks.
 
 An item is a dict: ``name`` (str), ``image`` (3, H, W) float32 ImageNet-normalised on the 0-255 scale,
-``label`` (H, W) int64 with 255 = ignore, ``cls_label`` (C_fg,) float32 multi-hot. Stage ``train`` applies the
-augmentation of algorithm.md §8.4; ``val`` keeps the full image; ``test`` has no mask and its label is a dummy:
-the image's first (red) channel as int64, as in the reference (§10.1). Do not score it.
+``label`` (H, W) int64 with 255 = ignore, ``cls_label`` (C_fg,) float32 multi-hot. Stage ``val`` keeps the full
+image; ``test`` has no mask and its label is a dummy: the image's first (red) channel as int64, as in the reference
+(§10.1). Do not score it. Stage ``train`` applies the augmentation of algorithm.md §8.4 and ships what training
+reads: ``name``, ``image`` (3, crop, crop) **uint8** (normalised on the device,
+:func:`excel.data.transforms.normalize_on_device`) and ``cls_label``; the cropped mask only guides the crop.
 """
 from __future__ import annotations
 
@@ -219,7 +221,9 @@ class VOCDataset(Dataset):
             label = image[..., 0].astype(np.int64)
             img, _ = eval_transform(image, label, self.aug)
         elif self.stage == "train":
-            img, label = train_transform(image, mask, self.aug)
+            img, _ = train_transform(image, mask, self.aug)
+            return {"name": name, "image": torch.from_numpy(img),
+                    "cls_label": torch.from_numpy(np.array(cls_label, dtype=np.float32))}
         else:
             img, label = eval_transform(image, mask, self.aug)
         return {"name": name, "image": torch.from_numpy(img), "label": torch.from_numpy(label),

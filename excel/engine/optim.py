@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import torch
 
-__all__ = ["poly_warmup_lr", "PolyWarmupAdamW"]
+__all__ = ["poly_warmup_lr", "PolyWarmupAdamW", "resolve_fused"]
 
 
 def poly_warmup_lr(step: int, base_lr: float, warmup_iters: int, warmup_ratio: float, max_iters: int,
@@ -31,17 +31,20 @@ class PolyWarmupAdamW(torch.optim.AdamW):
     ``step()`` uses the internal counter ``global_step`` (then increments it); ``set_lr(n)`` sets the counter and
     the lr for iteration n explicitly (a training loop may call it before every step, e.g. when a GradScaler can
     skip steps). The counter is part of ``state_dict()``, so a resumed run continues the schedule.
+    ``fused=True`` uses torch's one-kernel AdamW (a handful of operators per step instead of about ten per
+    parameter); None is torch's default (the per-parameter loop on CPU, foreach on CUDA).
     """
 
     def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float, weight_decay: float = 0.01,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, warmup_iters: int = 0,
-                 warmup_ratio: float = 1e-6, max_iters: int = 1, power: float = 1.0) -> None:
+                 warmup_ratio: float = 1e-6, max_iters: int = 1, power: float = 1.0,
+                 fused: bool | None = None) -> None:
         if max_iters < 1:
             raise ValueError(f"PolyWarmupAdamW: max_iters={max_iters} (train.max_iters) must be >= 1")
         if warmup_iters < 0 or not 0.0 <= warmup_ratio <= 1.0:
             raise ValueError(f"PolyWarmupAdamW: warmup_iters={warmup_iters} must be >= 0 and "
                              f"warmup_ratio={warmup_ratio} in [0, 1] (optim.warmup_iters, optim.warmup_ratio)")
-        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=fused)
         self.warmup_iters, self.warmup_ratio = int(warmup_iters), float(warmup_ratio)
         self.max_iters, self.power = int(max_iters), float(power)
         self.global_step = 0
@@ -84,3 +87,13 @@ class PolyWarmupAdamW(torch.optim.AdamW):
         step = int(state_dict.pop("global_step"))
         super().load_state_dict(state_dict)
         self.set_lr(step)
+
+
+def resolve_fused(setting: Any) -> bool:
+    """``optim.fused``: auto | true | false -> whether to use torch's fused AdamW (auto = yes: torch has the kernel
+    on CUDA and on the CPU)."""
+    if isinstance(setting, bool):
+        return setting
+    if str(setting) == "auto":
+        return True
+    raise ValueError(f"optim.fused={setting!r}: expected auto, true or false")

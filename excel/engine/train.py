@@ -11,23 +11,24 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
 from excel.cam import PseudoLabeler
 from excel.config import save_config, work_dir_of
 from excel.data import build_dataset
+from excel.data.transforms import normalize_on_device
 from excel.data.voc import DatasetError, check_dataset
 from excel.engine import dist
 from excel.engine.checkpoint import (CheckpointError, check_compatible, latest_checkpoint, load_checkpoint,
                                      load_model_weights, restore_rng_states, save_checkpoint)
-from excel.engine.optim import PolyWarmupAdamW
+from excel.engine.loss_log import PendingStep, StepResult, read_steps
+from excel.engine.optim import PolyWarmupAdamW, resolve_fused
 from excel.engine.sampler import InfiniteSampler, SeededItems
 from excel.engine.validate import validate, visual_samples
 from excel.losses import LOSS_TERMS, LossInputs, loss_weights
@@ -39,17 +40,6 @@ from excel.utils.tensors import set_tf32
 from excel.utils.vis import sample_grid, write_curves
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class StepResult:
-    """Scalar results of one training iteration: the weighted total, each loss term's mean over the ranks
-    (``{name}_loss``, in the order of ``excel.losses.LOSS_TERMS``), the learning rate and whether LVC was on."""
-
-    loss: float
-    terms: dict[str, float]
-    lr: float
-    lvc: bool
-
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and torch. ``deterministic`` asks for deterministic kernels where torch has them
@@ -69,12 +59,19 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     if deterministic and torch.cuda.is_available():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS needs it for deterministic GEMMs
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # deterministic mode would also fill every new tensor with NaN (one extra kernel per allocation); torch's docs
+    # state results stay deterministic without it, as long as no uninitialised memory is read (none is here)
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
-def par_input(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
-    """Training PAR image (quirk 18): de-normalise, truncate to uint8, scale to [0, 1]. (B,3,H,W) -> (B,3,H,W)."""
-    mean_t = images.new_tensor(mean).view(1, 3, 1, 1)
-    std_t = images.new_tensor(std).view(1, 3, 1, 1)
+def par_input(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
+              std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Training PAR image (quirk 18): de-normalise, truncate to uint8, scale to [0, 1]. (B,3,H,W) -> (B,3,H,W).
+
+    ``mean``/``std``: 3 values, or 1 x 3 x 1 x 1 tensors on the images' device (the trainer's: no host copy). The
+    truncation of the de-normalised image (not the loader's uint8 crop) is kept: it can be one below the pixel."""
+    mean_t = mean if torch.is_tensor(mean) else images.new_tensor(mean).view(1, 3, 1, 1)
+    std_t = std if torch.is_tensor(std) else images.new_tensor(std).view(1, 3, 1, 1)
     pixels = images * std_t + mean_t
     return pixels.clamp(0, 255).to(torch.uint8).to(images.dtype) / 255.0
 
@@ -84,6 +81,14 @@ def _autocast(device: torch.device, amp: str):
         return torch.autocast(device_type=device.type, enabled=False)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def collate_train(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The training batch: ``default_collate`` plus ``max_classes``, the most present classes of an image in the
+    batch, counted here on the host (in the loader worker) so that the step need not read it from the device."""
+    batch = default_collate(items)
+    batch["max_classes"] = max((int((item["cls_label"] > 0).sum()) for item in items), default=0)
+    return batch
 
 
 class Trainer:
@@ -124,7 +129,13 @@ class Trainer:
         self.optimizer = PolyWarmupAdamW(
             self.model.trainable_parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
             betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, warmup_iters=cfg.optim.warmup_iters,
-            warmup_ratio=cfg.optim.warmup_ratio, max_iters=cfg.train.max_iters, power=cfg.optim.power)
+            warmup_ratio=cfg.optim.warmup_ratio, max_iters=cfg.train.max_iters, power=cfg.optim.power,
+            fused=resolve_fused(cfg.optim.fused))
+        if cfg.train.compile:
+            self.model.decoder.compile()   # in place: parameter names and checkpoints stay the same
+        # the normalisation constants, made on the device once (the loader ships uint8 crops)
+        self.pixel_mean = torch.tensor(list(cfg.data.augment.mean), dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.pixel_std = torch.tensor(list(cfg.data.augment.std), dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.scaler = torch.amp.GradScaler("cuda", enabled=(cfg.train.amp == "fp16" and device.type == "cuda"))
         self.labeler = PseudoLabeler.from_config(cfg, "train").to(device)
         self.val_labeler = PseudoLabeler.from_config(cfg, "val").to(device)
@@ -214,6 +225,7 @@ class Trainer:
                                   start=self.start_iter * cfg.train.batch_size)
         return DataLoader(SeededItems(self.train_set), batch_size=cfg.train.batch_size, sampler=sampler,
                           num_workers=cfg.data.num_workers, drop_last=True, pin_memory=self.device.type == "cuda",
+                          collate_fn=collate_train,
                           generator=torch.Generator().manual_seed(cfg.run.seed),
                           persistent_workers=cfg.data.num_workers > 0)
 
@@ -239,10 +251,14 @@ class Trainer:
         log.info("quirk fixes on: %s", ", ".join(fixes) if fixes else "none (faithful reference behaviour)")
 
     # ----------------------------------------------------------------- one iteration
-    def step(self, n: int, batch: dict[str, Any]) -> StepResult:
+    def launch(self, n: int, batch: dict[str, Any]) -> PendingStep:
+        """Run iteration ``n`` on ``batch`` (a :func:`collate_train` batch: uint8 images) without reading the
+        device: the losses come back on it (see :mod:`excel.engine.loss_log`)."""
         cfg = self.cfg
-        images = batch["image"].to(self.device, non_blocking=True)
+        pixels = batch["image"].to(self.device, non_blocking=True)
         cls_labels = batch["cls_label"].to(self.device, non_blocking=True)
+        images = normalize_on_device(pixels, self.pixel_mean, self.pixel_std) if pixels.dtype == torch.uint8 \
+            else pixels   # an already normalised batch (a caller's own collate)
         self.ddp.train()
         with _autocast(self.device, cfg.train.amp):
             out = self.ddp(images)
@@ -250,28 +266,24 @@ class Trainer:
         with torch.no_grad():
             lam = self.model.calibrated_lam(out, out.fused) if use_lvc else out.lam
             q = out.attn_pred.detach().float() if n >= cfg.lvc.attn_pred_start_iter else None
-            pseudo = self.labeler(out.encoded, cls_labels, par_input(images, cfg.data.augment.mean,
-                                  cfg.data.augment.std), images.shape[-2:], q, lam=lam.float())
+            pseudo = self.labeler(out.encoded, cls_labels, par_input(images, self.pixel_mean, self.pixel_std),
+                                  images.shape[-2:], q, lam=lam.float(), max_classes=batch.get("max_classes"))
         inputs = LossInputs(out, out.seg_logits.float(), pseudo, n, cfg)
         # a term with weight 0 is not computed (its value is recorded as 0)
         terms = {name: LOSS_TERMS[name](inputs) if weight else inputs.logits.new_zeros(())
                  for name, weight in self.loss_weights.items()}
         loss = sum(weight * terms[name] for name, weight in self.loss_weights.items())
-        # the mean over ranks, read in one host sync: every rank sees the same values, so a non-finite loss
-        # stops all of them together instead of one raising while the others wait in the next all-reduce
-        summed = dist.all_reduce_sum(torch.stack([loss.detach(), *(t.detach() for t in terms.values())]).float())
-        total, *values = (summed / self.world_size).tolist()
-        means = dict(zip(terms, values))
-        if not all(math.isfinite(v) for v in (total, *values)):
-            raise FloatingPointError(f"non-finite loss {total} at iteration {n} "
-                                     f"({', '.join(f'{k} {v}' for k, v in means.items())}; means over "
-                                     f"{self.world_size} process(es))")
+        losses = torch.stack([loss.detach(), *(t.detach() for t in terms.values())]).float()
         lr = self.optimizer.set_lr(n)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return StepResult(total, means, lr, use_lvc)
+        return PendingStep(n, losses, lr, use_lvc)
+
+    def step(self, n: int, batch: dict[str, Any]) -> StepResult:
+        """:meth:`launch` then read its losses at once (one host sync; every rank must call it)."""
+        return read_steps([self.launch(n, batch)], list(self.loss_weights), self.world_size)[0]
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> dict[str, float]:
@@ -285,34 +297,26 @@ class Trainer:
         bar = tqdm(range(self.start_iter, max_iters), initial=self.start_iter, total=max_iters, desc="train",
                    disable=self.rank != 0, dynamic_ncols=True)
         last_val: dict[str, float] = {}
-        t0 = t_prev = time.perf_counter()
+        window: list[PendingStep] = []
+        t0 = t_window = time.perf_counter()
         for n in bar:
-            result = self.step(n, next(data))
-            now = time.perf_counter()
-            step_s, t_prev = now - t_prev, now   # data wait + step (the loss read syncs the device each step)
-            if self.rank == 0:
-                losses = {"loss": result.loss, **{f"{k}_loss": v for k, v in result.terms.items()}}
-                record = {"iter": n, **losses, "lr": result.lr, "lvc": result.lvc, "step_s": round(step_s, 5)}
-                with open(metrics_file, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(record) + "\n")
-                bar.set_postfix({**{k: f"{v:.4f}" for k, v in result.terms.items()}, "lr": f"{result.lr:.2e}"})
-                if self.tb is not None:
-                    for key in (*losses, "lr"):
-                        self.tb.add_scalar(f"train/{key}", record[key], n)
-                if (n + 1) % cfg.train.log_iters == 0:
-                    elapsed = time.perf_counter() - t0
-                    done = n + 1 - self.start_iter
-                    eta = elapsed / done * (max_iters - n - 1)
-                    log.info("iter %d/%d lr %.3e %s lvc %s eta %s", n + 1, max_iters, result.lr,
-                             " ".join(f"{k} {v:.4f}" for k, v in losses.items()), result.lvc, _fmt_time(eta))
+            window.append(self.launch(n, next(data)))
             finished = n + 1
-            if finished % cfg.train.eval_iters == 0 or finished == max_iters:
+            evaluate = finished % cfg.train.eval_iters == 0 or finished == max_iters
+            # the losses stay on the device until a logging point: one read for the window (hooks see every
+            # finished iteration's record, so with hooks each iteration is one)
+            if finished % cfg.train.log_iters == 0 or evaluate or self.after_iteration:
+                self._write_window(window, (time.perf_counter() - t_window) / len(window), metrics_file,
+                                   bar, t0, max_iters)
+                window = []
+            if evaluate:
                 last_val = self.evaluate(finished)
                 if finished >= cfg.train.ckpt_start_iter:
                     self.save(finished)
             for hook in self.after_iteration:
                 hook(finished)
-            t_prev = time.perf_counter()          # validation and checkpoints are not part of the next step
+            if not window:
+                t_window = time.perf_counter()   # validation and checkpoints are not part of the next steps
         bar.close()
         if self.rank == 0:
             if self.device.type == "cuda":
@@ -323,6 +327,33 @@ class Trainer:
             self.tb.close()
         dist.barrier()
         return last_val
+
+    def _write_window(self, window: list[PendingStep], step_s: float, metrics_file: Path, bar: Any, t0: float,
+                      max_iters: int) -> None:
+        """Read the window's losses (every rank: a collective), then on rank 0 append one metrics record per
+        iteration (``step_s``: the window's mean wall time per iteration, data wait included), TensorBoard
+        scalars, the progress bar and, at ``train.log_iters``, the log line."""
+        results = read_steps(window, list(self.loss_weights), self.world_size)
+        if self.rank != 0:
+            return
+        records = []
+        for pending, result in zip(window, results):
+            losses = {"loss": result.loss, **{f"{k}_loss": v for k, v in result.terms.items()}}
+            records.append({"iter": pending.iteration, **losses, "lr": result.lr, "lvc": result.lvc,
+                            "step_s": round(step_s, 5)})
+            if self.tb is not None:
+                for key in (*losses, "lr"):
+                    self.tb.add_scalar(f"train/{key}", records[-1][key], pending.iteration)
+        with open(metrics_file, "a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r) + "\n" for r in records))
+        last, n = results[-1], window[-1].iteration
+        bar.set_postfix({**{k: f"{v:.4f}" for k, v in last.terms.items()}, "lr": f"{last.lr:.2e}"})
+        if (n + 1) % self.cfg.train.log_iters == 0:
+            done = n + 1 - self.start_iter
+            eta = (time.perf_counter() - t0) / done * (max_iters - n - 1)
+            log.info("iter %d/%d lr %.3e %s lvc %s eta %s", n + 1, max_iters, last.lr,
+                     " ".join(f"{k} {v:.4f}" for k, v in records[-1].items() if k.endswith("loss")), last.lvc,
+                     _fmt_time(eta))
 
     def evaluate(self, iteration: int) -> dict[str, float]:
         result = validate(self.model, self.val_set, self.cfg, self.device, self.val_labeler)

@@ -32,7 +32,8 @@ def device_table(values: tuple, device: torch.device, dtype: torch.dtype = torch
 
 
 def set_tf32(enabled: bool) -> None:
-    """``run.tf32``: let float32 matrix products and convolutions use TF32 on GPUs that have it (Ampere and later;
-    about 1e-3 relative error, several times faster). Off keeps true fp32, as the reference ran."""
+    """``run.tf32`` (default on): let float32 matrix products and convolutions use TF32 on GPUs that have it
+    (Ampere and later; about 1e-3 relative error, several times faster). It acts on CUDA only: CPU arithmetic stays
+    fp32 either way. Off keeps true fp32, as the reference ran."""
     torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
     torch.backends.cudnn.allow_tf32 = bool(enabled)

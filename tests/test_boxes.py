@@ -187,9 +187,6 @@ def _spiral(g: int) -> torch.Tensor:
 def test_unchecked_rounds_never_change_the_labels():
     # The fixed rounds only skip convergence checks: a spiral needing 30+ rounds and random blobs come out the
     # same with 0, the default and more rounds than needed; one check on a LAM-like batch
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     from _syncs import count_syncs
 
     gen = torch.Generator().manual_seed(11)

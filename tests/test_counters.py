@@ -1,14 +1,11 @@
 """The benchmarks' counters (benchmarks/_syncs.py, benchmarks/_ops.py) on hand-counted calls."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from _ops import count_ops  # noqa: E402
-from _syncs import count_syncs  # noqa: E402
+from _ops import count_ops
+from _syncs import count_syncs
 
 
 def test_sync_counter_sees_every_kind():

@@ -3,8 +3,6 @@ against the shifted-view loop it replaced (tests/_par_reference.py)."""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +10,9 @@ import torch
 
 from excel.cam.par import PAR, color_affinity, neighbor_offsets, position_logits, propagate, propagation_matrix
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from _ops import count_ops  # noqa: E402
-from _par_reference import LoopPAR  # noqa: E402
-from _syncs import count_syncs  # noqa: E402
+from _ops import count_ops
+from _par_reference import LoopPAR
+from _syncs import count_syncs
 
 # (row, col) offsets of dilation 1 in the reference order.
 UNIT = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]

@@ -3,7 +3,6 @@ losses read once per logging window (excel.engine.loss_log), and the same number
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,7 @@ import torch
 
 from excel.engine.loss_log import PendingStep, read_steps
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from _syncs import count_syncs  # noqa: E402
+from _syncs import count_syncs
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "configs" / "test_tiny.yaml")

@@ -208,14 +208,15 @@ def test_par_num_channels_skips_only_padding():
 ORACLE_CASES = [(2, 3, 37, 29, 20, 24), (1, 2, 9, 9, 9, 9), (3, 1, 48, 48, 32, 32), (1, 4, 60, 44, 60, 44)]
 
 
+@pytest.mark.parametrize("method", ["fused", "views"])
 @pytest.mark.parametrize("case", ORACLE_CASES)
-def test_fused_par_equals_the_loop_in_float64(case):
+def test_fused_par_equals_the_loop_in_float64(case, method):
     # Same sums in another order: in float64 the two agree far inside 1e-6 (both are exact to ~1e-14)
     b, m, h, w, h0, w0 = case
     gen = torch.Generator().manual_seed(sum(case))
     images = torch.rand(b, 3, h0, w0, generator=gen, dtype=torch.float64)
     masks = torch.rand(b, m, h, w, generator=gen, dtype=torch.float64)
-    got = PAR()(images, masks)
+    got = PAR(method=method)(images, masks)
     torch.testing.assert_close(got, LoopPAR()(images, masks), rtol=0, atol=1e-6)
     assert (got - LoopPAR()(images, masks)).abs().max() < 1e-12
     assert got.dtype == torch.float64 and got.is_contiguous()
@@ -230,7 +231,7 @@ def test_fused_par_equals_the_loop_in_float32(device):
     masks = torch.rand(2, 3, 96, 72, generator=gen)
     counts = torch.tensor([3, 1])
     loop = LoopPAR()(images, masks)
-    got = PAR().to(device)(images.to(device), masks.to(device), num_channels=counts.to(device)).cpu()
+    got = PAR(method="fused").to(device)(images.to(device), masks.to(device), num_channels=counts.to(device)).cpu()
     truth = LoopPAR()(images.double(), masks.double())
     torch.testing.assert_close(got, loop, rtol=2e-6, atol=2e-6)
     assert (got.double() - truth).abs().max() < 1e-4 and (loop.double() - truth).abs().max() < 1e-4
@@ -268,11 +269,17 @@ def test_fused_par_operator_count_and_no_syncs():
     # One sparse product per round and a fixed number of operators for the weights, whatever K and the sizes
     gen = torch.Generator().manual_seed(6)
     images, masks = torch.rand(2, 3, 40, 40, generator=gen), torch.rand(2, 3, 40, 40, generator=gen)
-    par = PAR()
+    par = PAR(method="fused")
     par(images, masks)  # the per-device constant tables are made on first use
     ops = count_ops(lambda: par(images, masks, num_channels=torch.tensor([3, 2])))
     assert ops["aten.mm"] == 20 and sum(ops.values()) <= 150
-    ten = PAR(num_iter=10)
+    ten = PAR(num_iter=10, method="fused")
     assert sum(count_ops(lambda: ten(images, masks, num_channels=torch.tensor([3, 2]))).values()) == sum(ops.values()) - 10
     assert not count_syncs(lambda: par(images, masks, num_channels=torch.tensor([3, 2])))
     assert PAR(num_iter=0)(images, masks) is masks
+    # auto: the shifted views on the CPU (2 K operators per round, cache-resident), no sync either
+    views = count_ops(lambda: PAR()(images, masks))
+    assert views["aten.addcmul_"] == 21 * 48 and "aten.mm" not in views   # 20 rounds and the variance
+    assert not count_syncs(lambda: PAR()(images, masks, num_channels=torch.tensor([3, 2])))
+    with pytest.raises(ValueError, match="method"):
+        PAR(method="sparse")

@@ -35,11 +35,11 @@ def quantize_maps(maps: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
 
 def _propagate_labels(lab: Tensor, fgf: Tensor) -> Tensor:
     """One round: 3 x 3 max inside the foreground, then a pointer jump (each pixel takes the label of the pixel
-    its label names). M x h x w float32 labels -> the next labels."""
-    m, h, w = lab.shape
-    grown = F.max_pool2d(lab.unsqueeze(1), 3, stride=1, padding=1).squeeze(1) * fgf
-    flat = grown.long().view(m, h * w)
-    jumped = flat.gather(1, (flat - 1).clamp_(min=0)).view(m, h, w).to(torch.float32) * fgf
+    its label names). M x 1 x h x w float32 labels (1-based ids, 0 = background) -> the next labels."""
+    grown = F.max_pool2d(lab, 3, stride=1, padding=1).mul_(fgf)
+    flat = grown.view(grown.shape[0], -1)
+    # entry v of the padded row is the label of the pixel with id v (entry 0: the background's 0)
+    jumped = F.pad(flat, (1, 0)).gather(1, flat.long()).view_as(grown)
     return torch.maximum(grown, jumped)
 
 
@@ -60,15 +60,15 @@ def connected_components(fg: Tensor, unchecked_rounds: Optional[int] = None) -> 
         M x h x w int64 labels.
     """
     m, h, w = fg.shape
-    ids = torch.arange(1, h * w + 1, device=fg.device, dtype=torch.float32).view(1, h, w)
-    fgf = fg.to(torch.float32)
+    ids = torch.arange(1, h * w + 1, device=fg.device, dtype=torch.float32).view(1, 1, h, w)
+    fgf = fg.to(torch.float32).unsqueeze(1)
     lab = ids * fgf
     for _ in range(max(h, w) // 2 if unchecked_rounds is None else int(unchecked_rounds)):
         lab = _propagate_labels(lab, fgf)
     while True:
         new = _propagate_labels(lab, fgf)
         if torch.equal(new, lab):
-            return lab.long()
+            return lab.squeeze(1).long()
         lab = new
 
 

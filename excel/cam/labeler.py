@@ -22,7 +22,8 @@ THRESHOLD_KEYS = {"train": "cam.box_threshold", "val": "eval.box_threshold", "in
 
 def build_par(cfg: Any) -> PAR:
     """The PAR of ``cam.par`` (``num_iter: 0`` switches PAR off: the maps pass unchanged)."""
-    return PAR(dilations=list(cfg.cam.par.dilations), num_iter=int(cfg.cam.par.num_iter))
+    return PAR(dilations=list(cfg.cam.par.dilations), num_iter=int(cfg.cam.par.num_iter),
+               method=str(cfg.cam.par.method))
 
 
 class PseudoLabeler(nn.Module):

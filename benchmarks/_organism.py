@@ -3,6 +3,7 @@ each stage is the library's own runner, as the tools call it)."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -84,6 +85,12 @@ def train_and_segment(cfg: Any, crf: bool = True, checkpoint: str | None = None)
     scores = seg["scores"]
     return {"seg_miou": scores["raw"]["miou"], "seg_crf_miou": (scores.get("crf") or {}).get("miou"),
             "train_seconds": seconds, "checkpoint": str(ckpt)}
+
+
+def validation_log(cfg: Any) -> list[dict[str, Any]]:
+    """The in-training validations of a finished run (``<work_dir>/val.jsonl``: iter, seg_miou, pseudo_miou)."""
+    path = Path(cfg.run.work_dir) / "val.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def quiet() -> None:

@@ -31,6 +31,7 @@ SWITCHES = {"full": [], "TSE off": ["tse.enabled=false"], "SVC off": ["model.svc
 TRAINING_ONLY = ("lvc.", "loss.", "train.", "optim.", "quirks.crop_without_gt", "quirks.decoder_clean_features",
                  "quirks.per_sample_batch_mean")
 TRAINING = {"full": [], "LVC off": ["lvc.enabled=false"], "affinity loss off": ["loss.aff_weight=0.0"]}
+VAL_EVERY = 250                      # validations of the trainings (the standard config validates every 500)
 PSEUDO, SEG = "training-free pseudo labels", "segmentation after training (MS+flip)"
 # the paper's signs: (measure, setting, compared with full of the same measure, largest allowed difference)
 CLAIMS = ((PSEUDO, "SVC off", -15.0), (PSEUDO, "affinity refinement off", 0.0), (PSEUDO, "PAR off", 0.0),
@@ -75,6 +76,7 @@ def seed_rows(args: argparse.Namespace, seed: int, key: str) -> dict[str, Any]:
     out, data, weights = org.world_run(run)
     cache = out / "rows"
     rows: list[tuple[str, str, float, float | None]] = []
+    curves: dict[str, list[dict]] = {}
     runs = [(name, [], overrides) for name, overrides in SWITCHES.items()]
     runs += [(f"ablations/{p.name}", [p], []) for p in sorted((CONFIG_DIR / "ablations").glob("*.yaml"))]
     full_cfg = org.organism_config(data, out / "train_full", overrides=weights)
@@ -96,12 +98,18 @@ def seed_rows(args: argparse.Namespace, seed: int, key: str) -> dict[str, Any]:
     if not args.skip_training:
         for name, overrides in TRAINING.items():
             slug = "seg_" + name.replace(" ", "_")
-            cfg = org.organism_config(data, out / f"train_{name.replace(' ', '_')}", overrides=[*weights, *overrides])
+            # validation every quarter of the run: the pseudo labels before and after the LVC switch
+            cfg = org.organism_config(data, out / f"train_{name.replace(' ', '_')}",
+                                      overrides=[*weights, *overrides, f"train.eval_iters={VAL_EVERY}"])
             crf = name == "full"
-            record = cached(cache, slug, key, lambda: org.train_and_segment(cfg, crf=crf))
+            record = cached(cache, slug, key, lambda: {**org.train_and_segment(cfg, crf=crf),
+                                                       "val": org.validation_log(cfg)})
             rows.append((SEG, name, record["seg_miou"], record.get("seg_crf_miou") if crf else None))
-            print(f"seed {seed}: {'segmentation':<14} {name:<48} {100 * record['seg_miou']:6.1f}", flush=True)
-    return {"rows": rows, "zero_shot_map": zero_shot}
+            curves[name] = record["val"]
+            print(f"seed {seed}: {'segmentation':<14} {name:<48} {100 * record['seg_miou']:6.1f}   validation "
+                  f"pseudo labels " + " ".join(f"{v['iter']}: {100 * v['pseudo_miou']:.1f}" for v in record["val"]),
+                  flush=True)
+    return {"rows": rows, "zero_shot_map": zero_shot, "val": curves}
 
 
 def summarise(per_seed: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -153,7 +161,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     checked = claims(table)
     for text, row, full, holds in checked:
         print(f"  {'agrees   ' if holds else 'DISAGREES'}  {text}: {row:.1f} vs {full:.1f}")
-    summary = {"seeds": seeds, "num_val": args.num_val, "weights": args.weights, "key": key, "table": table,
+    for name in TRAINING:
+        if all(name in per_seed[s]["val"] for s in seeds):
+            steps = [v["iter"] for v in per_seed[seeds[0]]["val"][name]]
+            means = [statistics.fmean(100 * per_seed[s]["val"][name][i]["pseudo_miou"] for s in seeds)
+                     for i in range(len(steps))]
+            print(f"validation pseudo labels, {name}: " + ", ".join(f"{i}: {m:.1f}" for i, m in zip(steps, means)))
+    summary = {"seeds": seeds, "val": {s: per_seed[s]["val"] for s in seeds}, "num_val": args.num_val, "weights": args.weights, "key": key, "table": table,
                "zero_shot_map": zero_shot, "claims": [dict(claim=t, row=r, full=f, holds=h) for t, r, f, h in checked]}
     atomic_write_json(Path(args.out).resolve() / "ablations_summary.json", summary)
     return summary

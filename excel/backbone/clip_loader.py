@@ -96,6 +96,21 @@ class WeightFormat:
 _FORMATS: dict[str, WeightFormat] = {}
 
 
+def _leader_only(leader: Callable[[], nn.Module], others: Callable[[], nn.Module]) -> nn.Module:
+    return leader()
+
+
+_download_order: Callable[[Callable[[], nn.Module], Callable[[], nn.Module]], nn.Module] = _leader_only
+
+
+def set_download_order(order: Callable[[Callable[[], nn.Module], Callable[[], nn.Module]], nn.Module]) -> None:
+    """How processes take turns at the one step that may download weights: ``order(leader, others)`` runs
+    ``leader`` (download into the cache) and ``others`` (read the cache) as it sees fit. A single process runs
+    ``leader``; ``excel.engine.dist`` sets one process per machine first, the others after a barrier."""
+    global _download_order
+    _download_order = order
+
+
 def register_weights(fmt: WeightFormat) -> None:
     """Make ``model.clip.pretrained=<fmt.tag>`` (and files ``fmt.recognises``) loadable (idempotent)."""
     _FORMATS[fmt.tag] = fmt
@@ -204,8 +219,6 @@ def load_clip(name: str, pretrained: str | None, force_quick_gelu: bool = True,
         if pretrained not in tags:
             raise ValueError(f"model.clip.pretrained={pretrained!r} is neither a file nor a pretrained tag of "
                              f"{name} (tags: {tags or 'none'}); give a checkpoint path or null for random init")
-        from excel.engine.dist import node_leader_first  # only here: the one step that may download
-
         def fetch(cache_only: bool) -> nn.Module:
             try:
                 with _hub_cache_only(cache_only):
@@ -217,7 +230,7 @@ def load_clip(name: str, pretrained: str | None, force_quick_gelu: bool = True,
 
         # one process per machine downloads into the cache (only the cache when the hub does not answer: no
         # minute of download retries); the others wait for it, then read the cache
-        model = node_leader_first(lambda: fetch(not hub_reachable()), lambda: fetch(True))
+        model = _download_order(lambda: fetch(not hub_reachable()), lambda: fetch(True))
         log.info("built %s with open_clip weights '%s'", name, pretrained)
     model.eval()
     model.requires_grad_(False)

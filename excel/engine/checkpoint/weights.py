@@ -9,12 +9,18 @@ from typing import Mapping
 import torch
 from omegaconf import DictConfig
 
+from excel.backbone.clip_loader import set_download_order
+from excel.engine import dist
 from excel.engine.checkpoint.files import (CheckpointError, check_compatible, class_count_mismatch, load_checkpoint,
                                            strip_module_prefix)
 from excel.engine.checkpoint.reference import clip_from_state, convert_reference_state, is_reference_state
 from excel.model import ExCEL, build_model
 
 log = logging.getLogger(__name__)
+
+# every run builds its model through this module: there the CLIP loader's one download step goes one process per
+# machine first, the others after a barrier (excel.engine.dist.node_leader_first)
+set_download_order(dist.node_leader_first)
 
 __all__ = ["build_seeded_model", "load_model_weights", "load_trained_model"]
 

@@ -1,6 +1,6 @@
 """The shipped organism at work: it has learned its world (zero-shot), ExCEL finds the objects without training
 (pseudo labels), and the decoder learns from them (loss down, segmentation up). Bounds were set from measurement
-with a margin (see the README's organism section for the figures)."""
+with a margin (docs/organism.md has the figures)."""
 from __future__ import annotations
 
 import json
@@ -85,4 +85,4 @@ def test_shipped_weights_come_from_the_pretraining_defaults():
     meta = torch.load(SHIPPED, map_location="cpu", weights_only=False)["meta"]
     assert _identity(meta["config"]) == _identity(asdict(PretrainConfig()))   # `python tools/pretrain_organism.py`
     assert meta["step"] == PretrainConfig().steps
-    assert meta["seconds"] < 45 * 60                                        # its training time on 2 CPU cores
+    assert meta["seconds"] < 90 * 60                                        # its training time on 2 CPU cores

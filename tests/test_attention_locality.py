@@ -43,8 +43,10 @@ def test_organism_attention_is_object_bound_and_random_is_chance(tmp_path, capsy
     out = main(["--images", "12", "--random", f"data.root={root}", "data.num_workers=0"])
     trained, random = out["trained"], out["random"]
     chance = trained["chance"]
-    # measured (100 val images, seed 2026): organism 30-35 % in layers 0-3 and 7 % in layer 11; random 8-10 %;
-    # chance 9 %
-    assert max(trained["own_share"][:4]) > 2.5 * chance
+    # measured on these 12 images: chance 45 % (VOC-sized objects); organism 76 / 70 / 60 / 55 % in layers 0-3,
+    # random 41-47 %. On a world this object-heavy a share of k x chance cannot exceed 1 / chance, so the bound is
+    # on the lift: the share of the room above chance taken, (own - chance) / (1 - chance) = 0.56 in layer 0
+    lift = [(s - chance) / (1 - chance) for s in trained["own_share"][:4]]
+    assert max(lift) > 0.4
     assert all(abs(s - chance) < 0.5 * chance for s in random["own_share"])
     assert "read by the affinity" in capsys.readouterr().out

@@ -8,9 +8,11 @@ shared machine hit all of them alike, and the ratios are medians of per-round ra
     (a) bare      open_clip visual forward (no_grad), positional table resized to 20 x 20
     (b) encode    ExCEL.encode (SVC dual path, attention stack, decoder features, LAM)
     (c) pseudo    the training PseudoLabeler on the batch (no Q)
-    (d) step      Trainer.step before the LVC switch (plain LAM, no Q)
-    (e) step_lvc  Trainer.step after it (LVC LAM through the shortcut, Q = attn_pred)
-        decoder   decoder forward + backward on the encoded features (where (d) - (b) - (c) goes)
+    (d) step      a training step that does not log (Trainer.launch) before the LVC switch (plain LAM, no Q)
+    (e) step_lvc  the same after it (LVC LAM through the shortcut, Q = attn_pred)
+        decoder   decoder forward + backward on the encoded features
+        optimiser the fused AdamW update of the decoder (its gradients left in place)
+                  (d) is split into encode + pseudo + decoder + optimiser + the rest (losses, normalisation)
     (f) infer_lam training-free LAM inference per image (resize to 320, encode, pseudo labels at the image size),
                   compared with the bare forward of one image (bare_b1)
     (g) peak memory of each: CUDA max memory allocated above what was allocated before; CPU the peak RSS
@@ -20,12 +22,15 @@ shared machine hit all of them alike, and the ratios are medians of per-round ra
 Usage (no weights, no network)::
 
     python benchmarks/bench_excel.py [--device cpu|cuda] [--repeats N] [--warmup N] [--amp bf16] [--json out.json]
-                                     [--profile]   # also the top operators of (a) and (d) (torch.profiler) and
-                                                   # the host syncs of one call of (b)-(e) (benchmarks/_syncs.py)
+                                     [--profile]   # also the top operators of (a) and (d) (torch.profiler), the
+                                                   # host syncs of one call of (b)-(e) (benchmarks/_syncs.py) and
+                                                   # the ATen operators a step dispatches (benchmarks/_ops.py), as
+                                                   # it runs here and on the CUDA code paths
 
 ``--amp bf16`` (CUDA only) runs the frozen forward under bf16 autocast (``model.clip.autocast=bf16``; the bare
 forward (a) too, so the ratios compare like with like) and reports max |Δ| of the LAM and of the attention stack
-against fp32 and the share of pseudo-label pixels that change.
+against fp32 and the share of pseudo-label pixels that change. On CUDA the same is reported for TF32 (``run.tf32``,
+on by default) against true fp32.
 """
 from __future__ import annotations
 
@@ -48,7 +53,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
-from _syncs import count_syncs  # noqa: E402  (run by path, the script's folder is on sys.path)
+from _ops import count_ops  # noqa: E402  (run by path, the script's folder is on sys.path)
+from _syncs import count_syncs  # noqa: E402
 BATCH, SIDE, IMAGE_SIZE, NUM_CLUSTERS = 4, 320, (375, 500), 112
 
 
@@ -163,12 +169,9 @@ def workloads(trainer, batch: dict[str, Any], val_items: list[dict[str, Any]]) -
     from excel.cam import PseudoLabeler
     from excel.engine.infer_lam import lam_inputs
     from excel.engine.inference import resize_square
-    from excel.engine.train import par_input
-
     cfg, model, device = trainer.cfg, trainer.model, trainer.device
-    images, cls_labels = batch["image"].to(device), batch["cls_label"].to(device)
+    images, cls_labels, par_images = device_inputs(trainer, batch)
     vit = bare_visual(trainer)
-    par_images = par_input(images, list(cfg.data.augment.mean), list(cfg.data.augment.std))
     infer_labeler = PseudoLabeler.from_config(cfg, "infer").to(device)
     with torch.no_grad():
         encoded = model.encode(images)
@@ -192,13 +195,23 @@ def workloads(trainer, batch: dict[str, Any], val_items: list[dict[str, Any]]) -
 
     @torch.no_grad()
     def pseudo() -> Any:
-        return trainer.labeler(encoded, cls_labels, par_images, images.shape[-2:])
+        return trainer.labeler(encoded, cls_labels, par_images, images.shape[-2:], max_classes=batch["max_classes"])
 
     def decoder() -> Any:
         model.train()
         out = model.decoder(encoded.features)
         (out.seg_logits.float().mean() + out.attn_pred.float().mean()).backward()
         trainer.optimizer.zero_grad(set_to_none=True)
+
+    model.train()
+    out = model.decoder(encoded.features)
+    (out.seg_logits.float().mean() + out.attn_pred.float().mean()).backward()
+    grads = [p.grad for p in model.trainable_parameters()]
+
+    def optimiser() -> Any:   # the update alone, on gradients kept from one decoder backward
+        for p, g in zip(model.trainable_parameters(), grads):
+            p.grad = g
+        trainer.optimizer.step()
 
     @torch.no_grad()
     def infer() -> Any:
@@ -212,12 +225,65 @@ def workloads(trainer, batch: dict[str, Any], val_items: list[dict[str, Any]]) -
         "bare": bare,
         "encode": lambda: model.encode(images),
         "pseudo": pseudo,
-        "step": lambda: trainer.step(0, batch),
-        "step_lvc": lambda: trainer.step(lvc_iter, batch),
+        "step": lambda: trainer.launch(0, batch),
+        "step_lvc": lambda: trainer.launch(lvc_iter, batch),
         "decoder": decoder,
+        "optimiser": optimiser,
         "bare_b1": bare_b1,
         "infer_lam": infer,
     }
+
+
+def device_inputs(trainer, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The step's inputs on the device: normalised images, class labels and the PAR image (a collate_train batch)."""
+    from excel.data.transforms import normalize_on_device
+    from excel.engine.train import par_input
+
+    images = normalize_on_device(batch["image"].to(trainer.device), trainer.pixel_mean, trainer.pixel_std)
+    return (images, batch["cls_label"].to(trainer.device),
+            par_input(images, trainer.pixel_mean, trainer.pixel_std))
+
+
+@contextlib.contextmanager
+def cuda_paths(trainer) -> Any:
+    """The code paths a step takes on CUDA, on this device: fused PAR, the surgery attention of all images at once
+    (the CPU runs both differently because that is faster there: see excel/cam/par.py, excel/backbone/svc.py)."""
+    import excel.backbone.svc as svc
+
+    par, chunk = trainer.labeler.par, svc._surgery_chunk
+    method, par.method = par.method, "fused"
+    svc._surgery_chunk = lambda q: max(q.shape[0], 1)
+    try:
+        yield
+    finally:
+        par.method, svc._surgery_chunk = method, chunk
+
+
+def operator_counts(trainer, batch: dict[str, Any]) -> dict[str, int]:
+    """ATen operators of one non-logging step before LVC, as it runs here and on the CUDA code paths."""
+    trainer.launch(0, batch)   # first use makes the per-device constant tables
+    here = sum(count_ops(lambda: trainer.launch(0, batch)).values())
+    with cuda_paths(trainer):
+        trainer.launch(0, batch)
+        cuda = sum(count_ops(lambda: trainer.launch(0, batch)).values())
+    return {"here": here, "cuda_paths": cuda}
+
+
+def tf32_effect(trainer, batch: dict[str, Any]) -> dict[str, float]:
+    """max |Δ| of the LAM and pseudo-label agreement between true fp32 and TF32 (``run.tf32``) frozen forwards."""
+    from excel.utils.tensors import set_tf32
+
+    images, cls_labels, par_images = device_inputs(trainer, batch)
+    results = {}
+    with torch.no_grad():
+        for on in (False, True):
+            set_tf32(on)
+            enc = trainer.model.encode(images)
+            results[on] = (enc.lam.float(), trainer.labeler(enc, cls_labels, par_images, images.shape[-2:]))
+    set_tf32(bool(trainer.cfg.run.tf32))
+    (lam32, lab32), (lam_tf, lab_tf) = results[False], results[True]
+    return {"lam_max_abs_diff": float((lam32 - lam_tf).abs().max()),
+            "pseudo_label_agreement": float((lab32 == lab_tf).float().mean())}
 
 
 def data_seconds(trainer, rounds: int) -> float:
@@ -229,11 +295,8 @@ def data_seconds(trainer, rounds: int) -> float:
 
 def bf16_effect(trainer, batch: dict[str, Any]) -> dict[str, float]:
     """max |Δ| of the LAM (and the share of changed pseudo-label pixels) between fp32 and bf16 frozen forwards."""
-    from excel.engine.train import par_input
-
-    model, cfg, device = trainer.model, trainer.cfg, trainer.device
-    images, cls_labels = batch["image"].to(device), batch["cls_label"].to(device)
-    par_images = par_input(images, list(cfg.data.augment.mean), list(cfg.data.augment.std))
+    model = trainer.model
+    images, cls_labels, par_images = device_inputs(trainer, batch)
     results = {}
     with torch.no_grad():
         for mode in ("none", "bf16"):
@@ -249,9 +312,8 @@ def bf16_effect(trainer, batch: dict[str, Any]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from torch.utils.data import default_collate
-
     from excel.config import resolve_device
+    from excel.engine.train import collate_train
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -262,7 +324,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="excel_bench_") as tmp:
         trainer = build_trainer(Path(tmp), str(device), amp)
         logging.getLogger().setLevel(logging.WARNING)          # the step loop logs nothing worth timing
-        batch = default_collate([trainer.train_set[i] for i in range(BATCH)])
+        batch = collate_train([trainer.train_set[i] for i in range(BATCH)])
         val_items = [trainer.val_set[i] for i in range(min(args.infer_images, len(trainer.val_set)))]
         jobs = workloads(trainer, batch, val_items)
         meter = Meter(device)
@@ -275,6 +337,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         peaks = {name: meter.peak(fn) for name, fn in jobs.items()}
         data = data_seconds(trainer, max(args.repeats, 3))
         amp_effect = bf16_effect(trainer, batch) if amp == "bf16" else None
+        tf32 = tf32_effect(trainer, batch) if device.type == "cuda" else None
+        operators = operator_counts(trainer, batch) if args.profile else None
         profiles = {name: top_operators(jobs[name], device) for name in ("bare", "step")} if args.profile else None
         syncs = {name: dict(count_syncs(jobs[name])) for name in ("encode", "pseudo", "step", "step_lvc")} \
             if args.profile else None
@@ -298,7 +362,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "step_lvc/bare": ratio(times["step_lvc"], times["bare"]),
                    "infer_lam/bare_b1": ratio(per_image["infer_lam"], times["bare_b1"])},
         "peak_memory_bytes": peaks, "data_seconds_per_batch": data, "bf16": amp_effect, "profiles": profiles,
-        "host_syncs": syncs,
+        "host_syncs": syncs, "tf32": tf32, "operators": operators,
     }
 
 
@@ -326,6 +390,7 @@ def report(res: dict[str, Any]) -> str:
     rows = [("(a) bare CLIP forward, batch 4", "bare"), ("(b) ExCEL.encode", "encode"),
             ("(c) pseudo labels, batch 4", "pseudo"), ("(d) train step, before LVC", "step"),
             ("(e) train step, after LVC", "step_lvc"), ("    decoder forward + backward", "decoder"),
+            ("    optimiser (fused AdamW)", "optimiser"),
             ("    bare CLIP forward, batch 1", "bare_b1"),
             (f"(f) infer_lam, {res['infer_images']} images", "infer_lam")]
     lines = [f"device {res['device']}, torch {res['torch']}, {res['threads']} threads, amp {res['amp']}, "
@@ -342,9 +407,18 @@ def report(res: dict[str, Any]) -> str:
               f"({res['infer_lam_images_per_second']:.2f} images/s) = {r['infer_lam/bare_b1']:.2f} x bare (batch 1)",
               f"data: {res['data_seconds_per_batch']:.3f} s per batch of 4 in one process "
               f"({res['data_seconds_per_batch'] / sec['step']:.2f} x step (d))"]
-    lines.append(f"(d) = (b) {sec['encode']:.3f} + decoder {sec['decoder']:.3f} + (c) {sec['pseudo']:.3f} + "
-                 f"losses/optimiser/rest {sec['step'] - sec['encode'] - sec['decoder'] - sec['pseudo']:.3f} s; "
-                 f"LVC adds (e) - (d) = {sec['step_lvc'] - sec['step']:.3f} s")
+    rest = sec["step"] - sec["encode"] - sec["pseudo"] - sec["decoder"] - sec["optimiser"]
+    lines.append(f"(d) split: encode {sec['encode']:.3f} + pseudo labels (PAR included) {sec['pseudo']:.3f} + "
+                 f"decoder forward + backward {sec['decoder']:.3f} + optimiser {sec['optimiser']:.3f} + "
+                 f"losses/rest {rest:.3f} s; LVC adds (e) - (d) = {sec['step_lvc'] - sec['step']:.3f} s")
+    if res.get("tf32"):
+        t = res["tf32"]
+        lines.append(f"TF32 frozen forward (run.tf32): LAM max |Δ| {t['lam_max_abs_diff']:.3g} against fp32, "
+                     f"pseudo-label agreement {100 * t['pseudo_label_agreement']:.2f}%")
+    if res.get("operators"):
+        o = res["operators"]
+        lines.append(f"ATen operators of one step (d): {o['here']} as run here, {o['cuda_paths']} on the CUDA code "
+                     f"paths (fused PAR, batched surgery attention)")
     if res["bf16"]:
         b = res["bf16"]
         changed = 100 * b["pseudo_label_changed_fraction"]

@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                            smoke)
     py = sys.executable
     if "tests" not in skip:
-        stages.run("tests", [py, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/test_device.py"]
+        stages.run("tests", [py, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/test_device.py",
+                             "tests/test_par.py"]
                    if not smoke else [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_dist.py"],
                    limit_s=200, env={"EXCEL_TEST_DEVICE": device})
     figures: dict[str, Any] = {}
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         json_out = out / f"{name}.json"
         cmd = [py, "benchmarks/bench_excel.py", "--device", device, "--repeats", "2" if smoke else "5",
-               "--json", str(json_out)] + (["--amp", amp] if amp != "none" else [])
+               "--json", str(json_out)] + (["--amp", amp] if amp != "none" else ["--profile"])
         if stages.run(name, cmd, limit_s=600 if smoke else 120) and json_out.is_file():
             figures[name] = json.loads(json_out.read_text())
     iters = 6 if smoke else args.iters
@@ -226,6 +227,21 @@ def markdown(r: dict[str, Any]) -> str:
                        ("train step before LVC (s)", "step"), ("train step after LVC (s)", "step_lvc")):
         lines.append(f"| bench: {label} | {num(b32.get('seconds', {}).get(key))} | "
                      f"{num(b16.get('seconds', {}).get(key))} |")
+    sec32 = b32.get("seconds", {})
+    if sec32.get("step") is not None and "optimiser" in sec32:
+        rest = sec32["step"] - sum(sec32[k] for k in ("encode", "pseudo", "decoder", "optimiser"))
+        lines.append(f"| bench: step split, encode / pseudo labels / decoder fwd+bwd / optimiser / rest (s) | "
+                     f"{' / '.join(num(sec32[k]) for k in ('encode', 'pseudo', 'decoder', 'optimiser'))} / "
+                     f"{num(rest)} | |")
+    ops, syncs = b32.get("operators") or {}, (b32.get("host_syncs") or {}).get("step")
+    if ops:
+        lines.append(f"| bench: ATen operators / host syncs of a step that does not log | {ops.get('here')} / "
+                     f"{sum(syncs.values()) if syncs is not None else 'n/a'} | |")
+    tf = b32.get("tf32") or {}
+    if tf:
+        lines.append(f"| TF32 frozen forward (run.tf32, the fp32 column) against true fp32: LAM max abs diff / "
+                     f"pseudo-label pixels agreeing | {num(tf.get('lam_max_abs_diff'), '{:.3g}')} / "
+                     f"{num(100 * tf['pseudo_label_agreement'], '{:.2f}%')} | |")
     s32, s16 = b32.get("seconds", {}).get("step"), b16.get("seconds", {}).get("step")
     lines.append(f"| bench: images/s, training step (batch 4) | {num(s32 and 4 / s32, '{:.1f}')} | "
                  f"{num(s16 and 4 / s16, '{:.1f}')} |")

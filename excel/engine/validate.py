@@ -26,23 +26,26 @@ def validate(model, dataset: Dataset, cfg: DictConfig, device: torch.device,
     ``labeler`` is the run's validation labeler (``PseudoLabeler.from_config(cfg, "val")``, built once). Every
     image of ``dataset`` is scored.
 
+    ``eval.batch_size`` images share one forward pass (each resized to the square input first); every image is
+    scored as at batch 1, up to the float rounding of batched matrix products.
+
     Returns dict(seg_miou, pseudo_miou, seg_table, pseudo_table, seg, pseudo) with the two ConfusionMatrix results.
     """
+    if int(cfg.eval.batch_size) < 1:
+        raise ValueError(f"eval.batch_size={cfg.eval.batch_size}: expected a positive number of images")
     num_classes = len(cfg.data.class_names) + 1
     seg_cm = ConfusionMatrix(num_classes, device=device)
     pseudo_cm = ConfusionMatrix(num_classes, device=device)
     was_training = model.training
     model.eval()
-    loader = eval_loader(dataset, cfg)
-    for batch in tqdm(loader, desc="validate", disable=dist.get_rank() != 0, leave=False, dynamic_ncols=True):
-        image = batch["image"].to(device)
-        label = batch["label"].to(device)
-        inputs = resize_square(image, cfg.model.input_size)
-        out = model(inputs)
-        logits = F.interpolate(out.seg_logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
-        seg_cm.update(logits.argmax(1), label)
-        pseudo = labeler(out.encoded, batch["cls_label"].to(device), inputs, label.shape[-2:], out.attn_pred)
-        pseudo_cm.update(pseudo, label)
+    group: list[dict[str, Any]] = []
+    items = tqdm(eval_loader(dataset, cfg), desc="validate", disable=dist.get_rank() != 0, leave=False,
+                 dynamic_ncols=True)
+    for index, batch in enumerate(items, start=1):
+        group.append(batch)
+        if len(group) == int(cfg.eval.batch_size) or index == len(items):
+            _score_group(model, group, cfg, device, labeler, seg_cm, pseudo_cm)
+            group = []
     seg_cm.all_reduce()
     pseudo_cm.all_reduce()
     model.train(was_training)
@@ -50,6 +53,22 @@ def validate(model, dataset: Dataset, cfg: DictConfig, device: torch.device,
     seg, pseudo = seg_cm.compute(), pseudo_cm.compute()
     return {"seg_miou": float(seg["miou"]), "pseudo_miou": float(pseudo["miou"]), "seg": seg, "pseudo": pseudo,
             "seg_table": seg_cm.table(names), "pseudo_table": pseudo_cm.table(names)}
+
+
+def _score_group(model, group: list[dict[str, Any]], cfg: DictConfig, device: torch.device,
+                 labeler: PseudoLabeler, seg_cm: ConfusionMatrix, pseudo_cm: ConfusionMatrix) -> None:
+    """One forward pass over the group's square inputs, then each image scored at its own label size."""
+    inputs = torch.cat([resize_square(b["image"].to(device), cfg.model.input_size) for b in group])
+    out = model(inputs)
+    for j, batch in enumerate(group):
+        label = batch["label"].to(device)
+        one = slice(j, j + 1)
+        logits = F.interpolate(out.seg_logits[one].float(), size=label.shape[-2:], mode="bilinear",
+                               align_corners=False)
+        seg_cm.update(logits.argmax(1), label)
+        pseudo = labeler(out.encoded.take(one), batch["cls_label"].to(device), inputs[one], label.shape[-2:],
+                         out.attn_pred[one])
+        pseudo_cm.update(pseudo, label)
 
 
 @torch.no_grad()

@@ -1,0 +1,30 @@
+"""In-training validation batches eval.batch_size images per forward pass with the scores of batch 1 (up to the
+float rounding of batched matrix products, which moves a few pixels of the tiny random model's maps)."""
+from __future__ import annotations
+
+import torch
+
+
+def test_batched_validation_scores_like_batch_one(tiny_cfg, mini_voc, tmp_path):
+    from excel.cam import PseudoLabeler
+    from excel.data import build_dataset
+    from excel.engine.checkpoint import build_seeded_model
+    from excel.engine.validate import validate
+
+    tiny_cfg.data.root = str(mini_voc)
+    tiny_cfg.tse.cache_dir = str(tmp_path / "banks")
+    model = build_seeded_model(tiny_cfg, mode="train")
+    val = build_dataset(tiny_cfg, stage="val")
+    labeler = PseudoLabeler.from_config(tiny_cfg, "val")
+    results = {}
+    for size in (1, 3, 8):   # 4 images: groups of 1, of 3 + 1, and one group of all
+        tiny_cfg.eval.batch_size = size
+        results[size] = validate(model, val, tiny_cfg, torch.device("cpu"), labeler)
+    for size in (3, 8):
+        for key in ("seg", "pseudo"):
+            for field in ("iou", "precision", "recall"):
+                torch.testing.assert_close(torch.as_tensor(results[size][key][field]),
+                                           torch.as_tensor(results[1][key][field]), rtol=0, atol=1e-3, equal_nan=True)
+        assert abs(results[size]["seg_miou"] - results[1]["seg_miou"]) < 1e-4
+        assert abs(results[size]["pseudo_miou"] - results[1]["pseudo_miou"]) < 1e-4
+    assert 0 < results[1]["pseudo_miou"] <= 1

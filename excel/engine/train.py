@@ -96,7 +96,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
-        self.rank, self.world_size, _ = dist.init_distributed(cfg.run.device)
+        self.rank, self.world_size, _ = dist.init_distributed(cfg.run.device, timeout=cfg.run.dist_timeout)
         device = dist.local_device(cfg.run.device)
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)

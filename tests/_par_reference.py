@@ -4,34 +4,16 @@ neighbour order (algorithm.md §5.5). Not collected as tests.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DEFAULT_DILATIONS: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
+# the neighbourhood and its position logits are settings, not the propagation under test: shared with the library
+from excel.cam.par import DEFAULT_DILATIONS, neighbor_offsets, position_logits
+
 _STD_EPS = 1e-8
-
-
-def neighbor_offsets(dilations: Sequence[int]) -> list[tuple[int, int]]:
-    """The 8 * len(dilations) (row, column) neighbour offsets in the reference order."""
-    unit = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
-    return [(dy * d, dx * d) for d in dilations for dy, dx in unit]
-
-
-def position_logits(dilations: Sequence[int], color_scale: float = 0.3) -> Tensor:
-    """π_k = -(ρ_k / (std(ρ) + 1e-8) / color_scale)^2 with ρ_k = d (axial) or √2·d (diagonal); unbiased std.
-
-    Returns:
-        K float32 logits, K = 8 * len(dilations).
-    """
-    offsets = neighbor_offsets(dilations)
-    dists = torch.tensor([float(max(abs(dy), abs(dx))) for dy, dx in offsets])
-    diagonal = torch.tensor([dy != 0 and dx != 0 for dy, dx in offsets])
-    rho = torch.where(diagonal, dists * math.sqrt(2.0), dists).to(torch.float32)
-    return -((rho / (rho.std() + _STD_EPS) / color_scale) ** 2)
 
 
 def _shifted(padded: Tensor, pad: int, offset: tuple[int, int], size: tuple[int, int]) -> Tensor:

@@ -246,17 +246,20 @@ def device_inputs(trainer, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.T
 
 @contextlib.contextmanager
 def cuda_paths(trainer) -> Any:
-    """The code paths a step takes on CUDA, on this device: fused PAR, the surgery attention of all images at once
-    (the CPU runs both differently because that is faster there: see excel/cam/par.py, excel/backbone/svc.py)."""
+    """The code paths a step takes on CUDA, on this device: fused PAR, the surgery attention of all images at once,
+    box components in fixed rounds (the CPU runs them differently because that is faster there, or free: see
+    excel/cam/par.py, excel/backbone/svc.py, excel/cam/boxes.py)."""
     import excel.backbone.svc as svc
 
-    par, chunk = trainer.labeler.par, svc._surgery_chunk
+    labeler = trainer.labeler
+    par, chunk = labeler.par, svc._surgery_chunk
     method, par.method = par.method, "fused"
+    boxes, labeler.box_method = labeler.box_method, "fixed"
     svc._surgery_chunk = lambda q: max(q.shape[0], 1)
     try:
         yield
     finally:
-        par.method, svc._surgery_chunk = method, chunk
+        par.method, svc._surgery_chunk, labeler.box_method = method, chunk, boxes
 
 
 def operator_counts(trainer, batch: dict[str, Any]) -> dict[str, int]:
@@ -267,6 +270,15 @@ def operator_counts(trainer, batch: dict[str, Any]) -> dict[str, int]:
         trainer.launch(0, batch)
         cuda = sum(count_ops(lambda: trainer.launch(0, batch)).values())
     return {"here": here, "cuda_paths": cuda}
+
+
+def host_syncs(trainer, jobs: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Host syncs of one call of each step stage, as run here and on the CUDA code paths (:func:`cuda_paths`)."""
+    names = ("encode", "pseudo", "step", "step_lvc")
+    out = {name: dict(count_syncs(jobs[name])) for name in names}
+    with cuda_paths(trainer):
+        out.update({f"{name}, CUDA code paths": dict(count_syncs(jobs[name])) for name in names})
+    return out
 
 
 def tf32_effect(trainer, batch: dict[str, Any]) -> dict[str, float]:
@@ -340,8 +352,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tf32 = tf32_effect(trainer, batch) if device.type == "cuda" else None
         operators = operator_counts(trainer, batch) if args.profile else None
         profiles = {name: top_operators(jobs[name], device) for name in ("bare", "step")} if args.profile else None
-        syncs = {name: dict(count_syncs(jobs[name])) for name in ("encode", "pseudo", "step", "step_lvc")} \
-            if args.profile else None
+        syncs = host_syncs(trainer, jobs) if args.profile else None
     n_infer = len(val_items)
     per_image = {"infer_lam": [t / n_infer for t in times["infer_lam"]], "pseudo": [t / BATCH for t in times["pseudo"]]}
 

@@ -198,3 +198,25 @@ def test_unchecked_rounds_never_change_the_labels():
     for rounds in (None, 3, 60):
         assert torch.equal(connected_components(fg, unchecked_rounds=rounds), labels)
     assert count_syncs(lambda: connected_components(blobs[:, 0] > 0.6)) == {"equal": 1}
+
+
+def test_fixed_rounds_read_nothing_and_match_the_checked_labels():
+    from _syncs import count_syncs
+
+    gen = torch.Generator().manual_seed(5)
+    blobs = torch.nn.functional.interpolate(torch.rand(8, 1, 5, 5, generator=gen), size=(20, 20), mode="bilinear")
+    for g in (12, 20, 24):
+        fg = torch.cat([_spiral(g)[None], torch.nn.functional.interpolate(blobs, size=(g, g))[:, 0] > 0.6])
+        assert torch.equal(connected_components(fg, checked=False), connected_components(fg))
+    # fewer rounds than the spiral needs give other labels: the fixed count is what makes it exact
+    assert not torch.equal(connected_components(_spiral(20)[None], unchecked_rounds=10, checked=False),
+                           connected_components(_spiral(20)[None]))
+    assert count_syncs(lambda: connected_components(blobs[:, 0] > 0.6, checked=False)) == {}
+    lam = torch.rand(3, 400, 4, generator=gen)
+    labels = (torch.rand(3, 4, generator=gen) > 0.4).float()
+    assert count_syncs(lambda: box_masks(lam, labels, 0.79, method="fixed")) == {}
+    for threshold in (0.3, 0.79):
+        assert torch.equal(box_masks(lam, labels, threshold, method="fixed"),
+                           box_masks(lam, labels, threshold, method="checked"))
+    with pytest.raises(ValueError, match="method"):
+        box_masks(lam, labels, method="exact")

@@ -1,7 +1,10 @@
 """Box masks from the LAM with the CAA threshold (algorithm.md §5.2, quirk 11).
 
 Everything is batched over images and classes: the connected components of all maps are found at once by
-label propagation on the tensor's device (no host loop per image or class).
+label propagation on the tensor's device (no host loop per image or class). Two ways to stop the propagation,
+picked by ``method`` (``cam.box_method``): ``checked`` rounds until nothing changes (exact for any input; one or two
+device reads a call, free on the CPU), ``fixed`` a fixed number of rounds with no device read (what a GPU step
+wants); ``auto`` = checked on the CPU, fixed elsewhere.
 """
 from __future__ import annotations
 
@@ -43,7 +46,16 @@ def _propagate_labels(lab: Tensor, fgf: Tensor) -> Tensor:
     return torch.maximum(grown, jumped)
 
 
-def connected_components(fg: Tensor, unchecked_rounds: Optional[int] = None) -> Tensor:
+BOX_METHODS = ("auto", "checked", "fixed")
+
+
+def fixed_rounds(h: int, w: int) -> int:
+    """Rounds of the ``fixed`` method: 2 * max(h, w) (40 on the 20 x 20 grid, where LAM boxes settle in 4 to 8;
+    a one-pixel-wide spiral filling the grid, the slowest shape we know, settles in 31, about 1.6 * g)."""
+    return 2 * max(h, w)
+
+
+def connected_components(fg: Tensor, unchecked_rounds: Optional[int] = None, checked: bool = True) -> Tensor:
     """8-connected component labels of many small binary grids at once.
 
     Every foreground pixel gets 1 + the largest row-major position index in its component, background gets 0.
@@ -52,9 +64,13 @@ def connected_components(fg: Tensor, unchecked_rounds: Optional[int] = None) -> 
     grid, where LAM boxes settle in 4 to 8); then one round at a time until a round changes nothing, so the
     usual call reads the device once (one ``torch.equal``) and the labels are exact for any input.
 
+    With ``checked=False`` only the unchecked rounds run (default :func:`fixed_rounds`) and nothing is read from
+    the device: exact for components that settle within them.
+
     Args:
         fg: M x h x w bool.
-        unchecked_rounds: rounds before the first convergence check.
+        unchecked_rounds: rounds before the first convergence check (or in all, with ``checked=False``).
+        checked: round until a round changes nothing after the unchecked ones.
 
     Returns:
         M x h x w int64 labels.
@@ -63,8 +79,12 @@ def connected_components(fg: Tensor, unchecked_rounds: Optional[int] = None) -> 
     ids = torch.arange(1, h * w + 1, device=fg.device, dtype=torch.float32).view(1, 1, h, w)
     fgf = fg.to(torch.float32).unsqueeze(1)
     lab = ids * fgf
-    for _ in range(max(h, w) // 2 if unchecked_rounds is None else int(unchecked_rounds)):
+    if unchecked_rounds is None:
+        unchecked_rounds = max(h, w) // 2 if checked else fixed_rounds(h, w)
+    for _ in range(int(unchecked_rounds)):
         lab = _propagate_labels(lab, fgf)
+    if not checked:
+        return lab.squeeze(1).long()
     while True:
         new = _propagate_labels(lab, fgf)
         if torch.equal(new, lab):
@@ -121,6 +141,7 @@ def box_masks(
     cls_labels: Tensor,
     threshold: float = 0.79,
     grid: Optional[int] = None,
+    method: str = "auto",
 ) -> Tensor:
     """Box masks of every class of every image (algorithm.md §5.2), zeros for absent classes.
 
@@ -129,6 +150,7 @@ def box_masks(
         cls_labels: B x C multi-hot labels; a class is present where the label is > 0.
         threshold: the CAA threshold ϑ (VOC training 0.79, COCO 0.88, validation 0.75).
         grid: g, inferred from the shape when None.
+        method: how the connected components stop (module docstring): auto | checked | fixed.
 
     Returns:
         B x C x g x g float masks in {0, 1}.
@@ -148,7 +170,10 @@ def box_masks(
         raise ValueError(f"box_masks: cls_labels must be B x C = {(b, c)}, got {tuple(cls_labels.shape)}")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"box_masks: threshold must be in [0, 1], got {threshold}")
+    if method not in BOX_METHODS:
+        raise ValueError(f"box_masks: method must be one of {BOX_METHODS}, got {method!r}")
     _, fg = quantize_maps(maps, threshold)
     fg = fg & (cls_labels > 0)[:, :, None, None]
-    labels = connected_components(fg.reshape(b * c, g, g))
+    checked = method == "checked" or (method == "auto" and lam.device.type == "cpu")
+    labels = connected_components(fg.reshape(b * c, g, g), checked=checked)
     return component_box_union(labels).view(b, c, g, g).to(lam.dtype)

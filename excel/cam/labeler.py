@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from excel.cam.affinity import DEFAULT_AFFINITY_LAYERS
+from excel.cam.boxes import BOX_METHODS
 from excel.cam.par import PAR
 from excel.cam.pseudo import PseudoScores, score_stack
 from excel.cam.sources import get_affinity_source
@@ -38,11 +39,13 @@ class PseudoLabeler(nn.Module):
         affinity_layers: handed to the source (the attention source averages these layers).
         sinkhorn_iters: column/row normalisation rounds of the transition matrix.
         bg_power: background score exponent.
+        box_method: how the box masks' connected components stop: auto | checked | fixed
+            (:func:`excel.cam.boxes.box_masks`; auto reads the device only on the CPU).
     """
 
     def __init__(self, par: nn.Module, box_threshold: float = 0.79, affinity_source: Optional[str] = "attention",
                  affinity_layers: Sequence[int] = DEFAULT_AFFINITY_LAYERS, sinkhorn_iters: int = 3,
-                 bg_power: float = 1.0) -> None:
+                 bg_power: float = 1.0, box_method: str = "auto") -> None:
         super().__init__()
         self.par = par
         self.box_threshold = float(box_threshold)
@@ -51,6 +54,9 @@ class PseudoLabeler(nn.Module):
         self.affinity_layers = tuple(int(l) for l in affinity_layers)
         self.sinkhorn_iters = int(sinkhorn_iters)
         self.bg_power = float(bg_power)
+        if box_method not in BOX_METHODS:
+            raise ValueError(f"box_method must be one of {BOX_METHODS}, got {box_method!r}")
+        self.box_method = box_method
 
     @classmethod
     def from_config(cls, cfg: Any, stage: str) -> "PseudoLabeler":
@@ -62,7 +68,7 @@ class PseudoLabeler(nn.Module):
         return cls(build_par(cfg), box_threshold=float(cfg[group][key]),
                    affinity_source=str(cam.affinity.source) if cam.affinity_refine else None,
                    affinity_layers=tuple(cam.affinity_layers), sinkhorn_iters=int(cam.sinkhorn_iters),
-                   bg_power=float(cam.bg_power))
+                   bg_power=float(cam.bg_power), box_method=str(cam.box_method))
 
     @torch.no_grad()
     def scores(self, encoded: Any, cls_labels: Tensor, images: Tensor, out_size: Sequence[int],
@@ -90,7 +96,7 @@ class PseudoLabeler(nn.Module):
         affinity = None if self.source is None else (
             lambda: self.source(encoded, self.affinity_layers, q))
         return score_stack(lam, cls_labels, images, out_size, affinity, None if before_par else self.par,
-                           self.box_threshold, self.sinkhorn_iters, self.bg_power, max_classes)
+                           self.box_threshold, self.sinkhorn_iters, self.bg_power, max_classes, self.box_method)
 
     def refine(self, images: Tensor, scores: PseudoScores) -> PseudoScores:
         """PAR on scores taken with ``before_par=True`` (``images`` as in :meth:`scores`)."""
@@ -105,4 +111,4 @@ class PseudoLabeler(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"source={self.source_name}, box_threshold={self.box_threshold}, layers={self.affinity_layers}, "
-                f"sinkhorn_iters={self.sinkhorn_iters}, bg_power={self.bg_power}")
+                f"sinkhorn_iters={self.sinkhorn_iters}, bg_power={self.bg_power}, box_method={self.box_method}")

@@ -101,7 +101,8 @@ def check_attention(attn: Tensor, batch: int, patches: int) -> None:
 @torch.no_grad()
 def score_stack(lam: Tensor, cls_labels: Tensor, images: Tensor, out_size: Sequence[int],
                 affinity: Optional[Callable[[], Tensor]], par: Optional[nn.Module], box_threshold: float = 0.79,
-                sinkhorn_iters: int = 3, bg_power: float = 1.0, max_classes: Optional[int] = None) -> PseudoScores:
+                sinkhorn_iters: int = 3, bg_power: float = 1.0, max_classes: Optional[int] = None,
+                box_method: str = "auto") -> PseudoScores:
     """Score stack of algorithm.md §5.1-5.5 with the affinity and PAR handed in.
 
     Args:
@@ -117,6 +118,7 @@ def score_stack(lam: Tensor, cls_labels: Tensor, images: Tensor, out_size: Seque
         sinkhorn_iters: column/row normalisation rounds of the transition matrix.
         bg_power: background score exponent.
         max_classes: the most present classes of an image, when known on the host (:func:`present_classes`).
+        box_method: how the box masks' connected components stop (:func:`excel.cam.boxes.box_masks`).
     """
     if lam.dim() != 3:
         raise ValueError(f"pseudo labels: lam must be B x P x C_fg, got shape {tuple(lam.shape)}")
@@ -139,7 +141,7 @@ def score_stack(lam: Tensor, cls_labels: Tensor, images: Tensor, out_size: Seque
     else:
         trans = torch.eye(p, dtype=lam.dtype, device=lam.device).expand(b, p, p)
     lam_sel = lam.gather(2, index[:, None, :].expand(b, p, m))  # B x P x M
-    masks = box_masks(lam_sel, valid, box_threshold)
+    masks = box_masks(lam_sel, valid, box_threshold, method=box_method)
     refined = refine_maps(trans, lam_sel, masks, valid)
     stack = normalize_and_upsample(refined, valid, (height, width), bg_power)  # B x (1 + M) x H x W
     if par is not None:

@@ -25,7 +25,8 @@ from excel.data import build_dataset
 from excel.data.transforms import to_uint8_rgb
 from excel.engine.checkpoint import load_trained_model
 from excel.engine.inference import resize_square
-from excel.engine.outputs import SplitOutputs, miou_text, percent
+from excel.engine.outputs import SplitOutputs, miou_text
+from excel.utils.numbers import percent
 from excel.engine.sharded import ShardedRun, eval_loader, run_sharded
 from excel.errors import UsageError
 from excel.model import EncodeOutput, ExCEL, attn_pred

@@ -17,15 +17,11 @@ from omegaconf import DictConfig
 from excel.evaluation import ConfusionMatrix, CRFPool
 from excel.evaluation.report import Gallery
 from excel.utils.io import atomic_save_png
+from excel.utils.numbers import percent
 from excel.utils.palette import voc_palette
 from excel.utils.vis import save_overlay
 
 __all__ = ["SplitOutputs", "percent", "miou_text"]
-
-
-def percent(value: float | None, missing: str = "nan") -> str:
-    """``0.4567 -> "45.67"``; None or NaN -> ``missing``."""
-    return missing if value is None or value != value else f"{100 * value:.2f}"
 
 
 def miou_text(scores: Mapping[str, Any]) -> str:

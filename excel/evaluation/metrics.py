@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from excel.utils.numbers import percent
+
 
 def confusion_matrix(pred: torch.Tensor, gt: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(C, C) int64 counts, ``out[g, p]`` = pixels with ground truth g predicted as p.
@@ -118,10 +120,10 @@ class ConfusionMatrix:
         width = max(12, max(len(n) for n in names) + 2)
         lines = [f"{'class':<{width}}{'IoU':>8}{'prec':>8}{'recall':>8}"]
         for i, name in enumerate(names):
-            lines.append(f"{name:<{width}}" + "".join(_pct(scores[k][i]) for k in ("iou", "precision", "recall")))
-        lines.append(f"{'m-IoU':<{width}}{_pct(scores['miou_plain'])}")
-        lines.append(f"{'mIoU (GT)':<{width}}{_pct(scores['miou'])}")
-        lines.append(f"{'pixel acc':<{width}}{_pct(scores['pixel_acc'])}")
+            lines.append(f"{name:<{width}}" + "".join(f"{percent(scores[k][i]):>8}"
+                                                      for k in ("iou", "precision", "recall")))
+        for label, key in (("m-IoU", "miou_plain"), ("mIoU (GT)", "miou"), ("pixel acc", "pixel_acc")):
+            lines.append(f"{label:<{width}}{percent(scores[key]):>8}")
         return "\n".join(lines)
 
 
@@ -129,6 +131,3 @@ def _nanmean(values: np.ndarray) -> float:
     values = values[~np.isnan(values)]
     return float(values.mean()) if values.size else math.nan
 
-
-def _pct(value: float) -> str:
-    return f"{'nan':>8}" if math.isnan(value) else f"{100.0 * value:>8.2f}"

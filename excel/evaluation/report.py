@@ -28,6 +28,7 @@ import numpy as np
 from excel.errors import UsageError
 from excel.evaluation.metrics import ConfusionMatrix
 from excel.utils.io import atomic_save_png, atomic_write_json, atomic_write_text
+from excel.utils.numbers import percent
 from excel.utils.palette import palette_array, voc_palette
 from excel.utils.vis import fit_height, label_tile, tile_row
 
@@ -39,6 +40,7 @@ REPORT_NAME = "report.html"
 FILES_DIR = "report_files"
 GALLERY_HEIGHT = 128           # thumbnail tile height in the gallery, in pixels
 LOWEST_MARKED = 5              # the table shows up to this many lowest IoUs per column in red (a quarter at most)
+DASH = "–"                     # how the tables write a figure that has no value
 
 
 def image_miou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float:
@@ -281,10 +283,6 @@ def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
-
-
 def _chip(index: int, palette: np.ndarray) -> str:
     r, g, b = (int(v) for v in palette[index % 256])
     return f'<span class="chip" style="background:rgb({r},{g},{b})"></span>'
@@ -313,14 +311,14 @@ def _iou_table(names: Sequence[str], pal: np.ndarray, matrices: dict[str, Confus
             iou = s["iou"][i]
             bar = f'<span class="bar" style="width:{max(0.0, 60 * iou):.0f}px"></span>' if math.isfinite(iou) else ""
             cls = ' class="low"' if i in low[t] else ""
-            cells.append(f"<td{cls}>{_pct(iou)}{bar}</td><td>{_pct(s['precision'][i])}</td>"
-                         f"<td>{_pct(s['recall'][i])}</td>")
+            cells.append(f"<td{cls}>{percent(iou, DASH)}{bar}</td><td>{percent(s['precision'][i], DASH)}</td>"
+                         f"<td>{percent(s['recall'][i], DASH)}</td>")
         rows.append(f'<tr><td>{i}</td><td class="name">{_chip(i, pal)}{_esc(name)}</td>{"".join(cells)}'
-                    f"<td>{_pct(gt_share[i])}</td></tr>")
+                    f"<td>{percent(gt_share[i], DASH)}</td></tr>")
     foot = []
     for label, key in (("mIoU (classes in the ground truth)", "miou"), ("m-IoU (plain mean)", "miou_plain"),
                        ("pixel accuracy", "pixel_acc")):
-        cells = "".join(f"<td>{_pct(s[key])}</td><td></td><td></td>" for s in scores.values())
+        cells = "".join(f"<td>{percent(s[key], DASH)}</td><td></td><td></td>" for s in scores.values())
         foot.append(f'<tr><td></td><td class="name">{label}</td>{cells}<td></td></tr>')
     return (f'<table class="iou" id="iou-table"><thead><tr><th>#</th><th class="name">class</th>{head}'
             f'<th>GT pixels %</th></tr></thead><tbody>{"".join(rows)}</tbody><tfoot>{"".join(foot)}</tfoot></table>')
@@ -362,7 +360,7 @@ def _found_table(names: Sequence[str], pal: np.ndarray, pixel_counts: np.ndarray
                  total: int) -> str:
     share = pixel_counts / max(int(pixel_counts.sum()), 1)
     rows = "".join(f'<tr><td>{i}</td><td class="name">{_chip(i, pal)}{_esc(n)}</td><td>{int(image_counts[i])}</td>'
-                   f"<td>{_pct(share[i])}</td></tr>" for i, n in enumerate(names))
+                   f"<td>{percent(share[i], DASH)}</td></tr>" for i, n in enumerate(names))
     return (f'<table class="iou" id="class-table"><thead><tr><th>#</th><th class="name">class</th>'
             f"<th>images with it (of {total})</th><th>predicted pixels %</th></tr></thead><tbody>{rows}</tbody>"
             "</table>")
@@ -387,7 +385,7 @@ def _gallery(entries: Sequence[GalleryEntry], names: Sequence[str], pal: np.ndar
             w, h = e.thumb_size
             img = (f'<img src="{_esc(quote(e.thumb_file))}" width="{w}" height="{h}" loading="lazy" '
                    f'alt="{_esc(e.name)}">')
-        score = f'<td class="score">{_pct(e.score)}</td>' if has_gt else ""
+        score = f'<td class="score">{percent(e.score, DASH)}</td>' if has_gt else ""
         rows.append(f'<tr><td>{rank}</td><td class="name"><b>{_esc(e.name)}</b><br>{links}</td>{score}'
                     f'<td class="tags">{_tags(e, names, pal)}</td><td>{img}</td></tr>')
     score_head = "<th>mIoU %</th>" if has_gt else ""

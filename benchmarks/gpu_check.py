@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                         limit_s=900 if smoke else 180)
         if ok and (infer_dir / "results.json").is_file():
             res = json.loads((infer_dir / "results.json").read_text())
-            figures["infer"] = {"num_images": res["num_images"], "timing": res["timing"], "scales": res["scales"]}
+            figures["infer"] = {"num_images": res["num_images"], "timing": res["timing"], "scales": res["scales"],
+                                "peak_memory_gib": res.get("peak_memory_gib")}
     voc = load_config(REPO / "configs" / "voc.yaml")
     coco = load_config(REPO / "configs" / "coco.yaml")
     projection = {}
@@ -265,6 +266,7 @@ def markdown(r: dict[str, Any]) -> str:
         t = inf["timing"]
         lines.append(f"| MS+flip inference, {inf['num_images']} images: model / wall s per image | "
                      f"{num(t['model_seconds_per_image'])} / {num(t['wall_seconds_per_image'])} | |")
+        lines.append(f"| MS+flip inference peak memory (GiB) | {num(inf.get('peak_memory_gib'), '{:.2f}')} | |")
     for k, v in p.items():
         lines.append(f"| projected {k.replace('_hours', '')} training (h) | {num(v, '{:.1f}')} | |")
     return "\n".join(lines) + "\n"

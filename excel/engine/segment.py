@@ -157,6 +157,8 @@ def _segment(sharded: ShardedRun) -> dict[str, Any]:
         "timing": {"model_seconds_per_image": model_s / max(n_images, 1),
                    "wall_seconds_per_image": wall_sum / max(n_images, 1),
                    "crf_wait_seconds_per_image": crf_wait_s / max(n_crf, 1) if inf.crf else None},
+        "peak_memory_gib": (torch.cuda.max_memory_allocated(sharded.device) / 2 ** 30
+                            if sharded.device.type == "cuda" else None),   # this rank's, tensors only
         "scores": {"raw": None, "crf": None}, "git_revision": git_revision(),
         "config": OmegaConf.to_container(inf, resolve=True),
     }

@@ -7,9 +7,11 @@ import torch
 
 from excel.backbone import load_clip
 from excel.organism.world import World
-from excel.organism.pretrain import (PatchSubset, PretrainConfig, average_precision, crop_views, draw_boxes,
-                                    dropout_on, ema_update, encode_captions, encode_image_dense, keep_patches,
-                                    local_loss, lr_at, pretrain, region_means, value_path, view_of_scene)
+from excel.organism.pretrain import (PatchSubset, PretrainConfig, affinity_target, attention_loss,
+                                    average_precision, calibrated_path, crop_views, draw_boxes, dropout_on,
+                                    ema_update, encode_captions, encode_image_dense, keep_patches, local_loss, lr_at,
+                                    patch_attention, pretrain, region_means, teacher_dense, value_path,
+                                    view_of_scene)
 from excel.organism.weights import OrganismWeightsError, load_organism_weights, save_organism_weights
 
 TINY = dict(model="excel-tiny", image_size=224, steps=4, batch_size=4, warmup=2, eval_every=2, eval_images=8,
@@ -56,6 +58,8 @@ def test_resume_gives_the_same_model(tmp_path):
         pretrain(PretrainConfig(**{**TINY, "object_scale": 2.0}), tmp_path / "b", progress=False)
     with pytest.raises(ValueError, match="other settings"):
         pretrain(PretrainConfig(**{**TINY, "local_weight": 0.0}), tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        pretrain(PretrainConfig(**{**TINY, "attention_weight": 0.0}), tmp_path / "b", progress=False)
     # the teacher is saved and resumed too
     ta = torch.load(tmp_path / "a" / "last.pth", weights_only=False)["teacher"]
     tb = torch.load(tmp_path / "b" / "last.pth", weights_only=False)["teacher"]
@@ -104,6 +108,10 @@ def test_dropout_covers_all_but_the_closing_full_view_steps():
     assert all(dropout_on(s, PretrainConfig(steps=100, full_view_steps=0.0)) for s in range(100))
     with pytest.raises(ValueError, match="patch_dropout"):
         pretrain(PretrainConfig(**{**TINY, "patch_dropout": 1.0}), "/nonexistent", progress=False)
+    with pytest.raises(ValueError, match="local_path"):
+        pretrain(PretrainConfig(**{**TINY, "local_path": "mlp"}), "/nonexistent", progress=False)
+    with pytest.raises(ValueError, match="attention_temperature"):
+        pretrain(PretrainConfig(**{**TINY, "attention_temperature": 0.0}), "/nonexistent", progress=False)
 
 
 def test_weight_file_round_trip_and_refusals(tmp_path, tiny_clip):
@@ -136,8 +144,9 @@ def test_dense_path_keeps_the_image_embedding_and_reads_the_value_path(tiny_clip
     x = torch.randn(2, 3, 224, 224)
     visual = tiny_clip.visual
     with torch.no_grad():
-        pooled, dense = encode_image_dense(visual, x)
+        pooled, dense, states = encode_image_dense(visual, x)
         torch.testing.assert_close(pooled, tiny_clip.encode_image(x), atol=1e-5, rtol=1e-5)
+        assert len(states) == 12 and torch.equal(states[0], visual._embeds(x))
         # the value path by hand: one head's attention replaced by the identity is out_proj(v)
         h = visual._embeds(x)
         for block in visual.transformer.resblocks[:-1]:
@@ -151,6 +160,63 @@ def test_dense_path_keeps_the_image_embedding_and_reads_the_value_path(tiny_clip
         torch.testing.assert_close(value_path(last, h), z)
         torch.testing.assert_close(dense, visual.ln_post(z[:, 1:]) @ visual.proj)
     assert dense.shape == (2, 196, tiny_clip.text_projection.shape[1])
+
+
+def test_calibrated_path_is_the_pipelines_svc_path(tiny_clip):
+    """The local term's differentiable calibrated path equals CalibratedVisual's new path (heads summed, 5 blocks)."""
+    from excel.backbone.calibrated import CalibratedVisual
+    x = torch.randn(2, 3, 224, 224)
+    visual = tiny_clip.visual
+    with torch.no_grad():
+        _, dense, states = encode_image_dense(visual, x, "calibrated")
+        _, first, _ = encode_image_dense(visual, x, "calibrated", count=1)
+        out = CalibratedVisual(visual, num_svc_blocks=5)(x, need_attn=False)
+        torch.testing.assert_close(calibrated_path(visual.transformer.resblocks, states)[:, 1:],
+                                   out.new_tokens[:, 1:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(dense, out.tokens[:, 1:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(first, dense[:1])
+    with pytest.raises(ValueError, match="local_path"):
+        encode_image_dense(visual, x, "mlp")
+
+
+def test_patch_attention_is_the_blocks_attention_without_the_class_token(tiny_clip):
+    block = tiny_clip.visual.transformer.resblocks[6]
+    x = torch.randn(2, 5, block.attn.embed_dim)
+    with torch.no_grad():
+        _, weights = block.attn(block.ln_1(x), block.ln_1(x), block.ln_1(x), need_weights=True,
+                                average_attn_weights=True)
+        patches = patch_attention(block, x)
+    expected = weights[:, 1:, 1:] / weights[:, 1:, 1:].sum(-1, keepdim=True)
+    torch.testing.assert_close(patches, expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(patches.sum(-1), torch.ones(2, 4))
+
+
+def test_attention_loss_by_hand(tiny_clip):
+    blocks = tiny_clip.visual.transformer.resblocks
+    states = [torch.randn(1, 4, blocks[0].attn.embed_dim) for _ in range(12)]
+    with torch.no_grad():
+        mean = torch.stack([patch_attention(blocks[i], states[i]) for i in range(6, 12)]).mean(0)   # (1, 3, 3)
+        # KL(mean || mean) = 0; against a one-hot target, the mean of -log(mean[i, i]) over the rows
+        assert float(attention_loss(blocks, states, mean)) == pytest.approx(0.0, abs=1e-6)
+        onehot = torch.eye(3)[None]
+        expected = -mean[0].diagonal().log().mean()
+        assert float(attention_loss(blocks, states, onehot)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_affinity_target_by_hand():
+    dense = torch.tensor([[[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]]])   # cosines: 1 for patches 0-1, 0 with patch 2
+    target = affinity_target(dense, temperature=0.5)
+    e = torch.exp(torch.tensor(2.0))
+    torch.testing.assert_close(target[0, 0], torch.stack([e, e, torch.tensor(1.0)]) / (2 * e + 1))
+    torch.testing.assert_close(target[0, 2], torch.stack([torch.tensor(1.0), torch.tensor(1.0), e]) / (e + 2))
+
+
+def test_teacher_dense_reads_the_students_patches(tiny_clip):
+    x = torch.randn(2, 3, 224, 224)
+    kept = torch.tensor([[0, 5, 195], [3, 4, 7]])
+    full = teacher_dense(tiny_clip.visual, x, None)
+    torch.testing.assert_close(teacher_dense(tiny_clip.visual, x, kept),
+                               torch.stack([full[0, [0, 5, 195]], full[1, [3, 4, 7]]]))
 
 
 def test_boxes_lie_on_the_grid():

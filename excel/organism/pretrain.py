@@ -6,10 +6,18 @@ see them), and a caption naming the classes visible in that view. Fresh scenes e
 memorise a pool. The loss is open_clip's ``ClipLoss``. Held-out zero-shot multi-label mAP (the text bank's own
 prompt, "a clean origami {name}.") is printed as training goes.
 
-Beside the contrastive loss, a local term makes the image tower's patch features, and so its late attention, local
-(CLIPSelf, Wu et al., ICLR 2024): for random boxes on the patch grid, the mean of the student's dense features
-inside a box (the last block's value path, as MaskCLIP reads dense features) is pulled, by cosine, towards the
-image embedding an EMA teacher gives the box's crop. Its weight is ``local_weight`` (0 switches it off).
+Beside the contrastive loss, two terms give the tower the dense knowledge a web-scale CLIP has, where ExCEL reads
+it, and leave the ordinary path's output tokens alone (in a web-scale CLIP they are global: the reason for SVC):
+
+- a local term (CLIPSelf, Wu et al., ICLR 2024): for random boxes on the patch grid, the mean of the student's
+  dense features inside a box is pulled, by cosine, towards the image embedding an EMA teacher gives the box's
+  crop. The dense features are read where ExCEL reads them, through the calibrated path of the last five blocks
+  (q-q + k-k + v-v attention on the ordinary path's states, heads summed: :func:`calibrated_dense`), or, with
+  ``local_path="value"``, through the last block's value path as MaskCLIP reads them. Weight ``local_weight``.
+- an attention term (self-distillation of affinities, as SILC distils from an EMA teacher): the ordinary q-k
+  attention among patches of layers 6-11 (the layers ExCEL's affinity averages; the class token's column left
+  out and each row renormalised, so the class token may still draw any share) is pulled, by KL divergence,
+  towards the softmax of the teacher's calibrated-feature cosines between patches. Weight ``attention_weight``.
 
 Two savings keep the default run within 90 min on two CPU cores: captions are encoded only up to the batch's
 longest one (exact: the text tower is causal), and for all but the closing ``full_view_steps`` of the run the image
@@ -62,7 +70,10 @@ class PretrainConfig:
     patch_dropout: float = 0.5      # share of image patches dropped per view while dropout is on (0: never)
     full_view_steps: float = 0.15   # closing share of the steps that see every patch
     local_weight: float = 1.0       # weight of the CLIPSelf-style local term (0: contrastive loss only)
+    local_path: str = "calibrated"  # the dense features it trains: "calibrated" (ExCEL's SVC path) or "value"
     local_images: int = 16          # images of each batch that get one box for the local term
+    attention_weight: float = 1.0   # weight of the attention self-distillation term (0: off)
+    attention_temperature: float = 0.1  # its target: softmax over patches of the teacher's cosines / this
     ema_momentum: float = 0.99      # the local term's teacher: EMA of the model
     eval_every: int = 250
     eval_images: int = 256
@@ -230,17 +241,80 @@ def value_path(block: nn.Module, x: Tensor) -> Tensor:
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def encode_image_dense(visual: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
-    """(B, 3, S, S) -> (pooled (B, D), dense (B, K, D)): the tower's image embedding and, for each of the K
-    patches its ``patch_dropout`` slot lets through, the dense feature of :func:`value_path` on the last block
-    (ln_post and projection applied; neither is normalised)."""
+AFFINITY_LAYERS = range(6, 12)   # ExCEL's cam.affinity_layers: the attention term's layers
+CALIBRATED_BLOCKS = 5             # ExCEL's model.svc.num_blocks: the calibrated path of the local term
+
+
+def encode_image_dense(visual: nn.Module, images: Tensor, path: str = "value",
+                       count: int | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """(B, 3, S, S) -> (pooled (B, D), dense (B', K, D), states): the tower's image embedding; for the first B' =
+    ``count`` images (all by default) and each of the K patches its ``patch_dropout`` slot lets through, the dense
+    feature read through ``path`` ("value": :func:`value_path` on the last block; "calibrated":
+    :func:`calibrated_path`), ln_post and projection applied, neither normalised; and the ordinary path's block
+    inputs O_-1 .. O_10 (twelve (B, 1 + K, W) tensors, ``states[l]`` the input of block l)."""
+    if path not in ("value", "calibrated"):
+        raise ValueError(f"local_path {path!r}: expected 'value' or 'calibrated'")
     x = visual._embeds(images)
     *body, last = visual.transformer.resblocks
+    states = []
     for block in body:
+        states.append(x)
         x = block(x)
+    states.append(x)
     pooled = visual.ln_post(last(x)[:, 0]) @ visual.proj
-    dense = visual.ln_post(value_path(last, x)[:, 1:]) @ visual.proj
-    return pooled, dense
+    if path == "value":
+        tokens = value_path(last, x[:count])[:, 1:]
+    else:
+        tokens = calibrated_path(visual.transformer.resblocks, [s[:count] for s in states])[:, 1:]
+    return pooled, visual.ln_post(tokens) @ visual.proj, states
+
+
+def calibrated_path(blocks: nn.ModuleList, states: list[Tensor], num_blocks: int = CALIBRATED_BLOCKS) -> Tensor:
+    """ExCEL's calibrated (SVC) path, differentiable (algorithm.md §1.4-1.5, heads summed as the pipeline runs it):
+    S = O_{f-1} + sum over the last ``num_blocks`` blocks l of out_proj(M_l @ v_l), M_l the head sum of
+    [softmax(q q^T s) + softmax(k k^T s) + softmax(v v^T s)] / 3 on ln_1(O_{l-1}). ``states[l]`` is block l's input
+    O_{l-1} (B, N, W). Returns S (B, N, W) before ln_post."""
+    first = len(blocks) - num_blocks
+    out = states[first]
+    for block, x in zip(list(blocks)[first:], states[first:]):
+        attn = block.attn
+        width, heads = x.shape[-1], attn.num_heads
+        qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+        value = qkv[..., 2 * width:]
+        scale = (width // heads) ** -0.5
+        mix = 0
+        for t in qkv.chunk(3, dim=-1):
+            t = t.unflatten(-1, (heads, -1)).transpose(1, 2)                      # (B, h, N, d)
+            mix = mix + torch.softmax((t * scale) @ t.transpose(-1, -2), dim=-1)
+        mix = (mix / 3).sum(1)                                                    # (B, N, N)
+        out = out + attn.out_proj(mix @ value)
+    return out
+
+
+def patch_attention(block: nn.Module, x: Tensor) -> Tensor:
+    """The ordinary q-k attention of one block among patches, head mean: (B, N, W) block input -> (B, N-1, N-1),
+    the class token's row and column dropped and each row renormalised to sum to 1."""
+    attn = block.attn
+    width, heads = x.shape[-1], attn.num_heads
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, _ = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+    weights = torch.softmax((q * (width // heads) ** -0.5) @ k.transpose(-1, -2), dim=-1).mean(1)[:, 1:, 1:]
+    return weights / weights.sum(-1, keepdim=True)
+
+
+def affinity_target(dense: Tensor, temperature: float) -> Tensor:
+    """(B, K, D) dense features -> (B, K, K): row-wise softmax of the patches' cosine similarities / temperature."""
+    unit = F.normalize(dense, dim=-1)
+    return torch.softmax(unit @ unit.transpose(1, 2) / temperature, dim=-1)
+
+
+def attention_loss(blocks: nn.ModuleList, states: list[Tensor], target: Tensor,
+                   layers: range = AFFINITY_LAYERS) -> Tensor:
+    """KL(target || mean over ``layers`` of :func:`patch_attention`), averaged over rows and images.
+
+    ``states[l]`` (B, N, W) is block l's input; ``target`` (B, N-1, N-1) has rows that sum to 1."""
+    mean = torch.stack([patch_attention(blocks[layer], states[layer]) for layer in layers]).mean(0)
+    return (target * (target.clamp_min(1e-12).log() - mean.clamp_min(1e-12).log())).sum(-1).mean()
 
 
 def draw_boxes(grid: int, count: int, generator: torch.Generator, min_side: int = 3) -> Tensor:
@@ -314,6 +388,27 @@ def encode_captions(model: nn.Module, tokens: Tensor) -> Tensor:
     return x @ model.text_projection
 
 
+@torch.no_grad()
+def teacher_dense(visual: nn.Module, images: Tensor, kept: Tensor | None) -> Tensor:
+    """The teacher's calibrated dense features (B, K, D) of ``images`` (B, 3, S, S) seen whole, at the student's
+    patches ``kept`` (B, K) (every patch when None)."""
+    _, dense, _ = encode_image_dense(visual, images, "calibrated")
+    if kept is None:
+        return dense
+    return dense.gather(1, kept.to(dense.device)[..., None].expand(-1, -1, dense.shape[-1]))
+
+
+def _smooth(average: float | None, loss: Tensor | None, rate: float = 0.05) -> float | None:
+    """Exponential moving average of a logged loss (None while the term is off)."""
+    if loss is None:
+        return average
+    return loss.item() if average is None else (1 - rate) * average + rate * loss.item()
+
+
+def _shown(value: float | None) -> str:
+    return "off" if value is None else f"{value:.3f}"
+
+
 def lr_at(step: int, cfg: PretrainConfig) -> float:
     """Linear warm-up then cosine decay to zero."""
     if step < cfg.warmup:
@@ -366,6 +461,11 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
                          f"and 0..batch_size ({cfg.batch_size}) images")
     if not 0 <= cfg.ema_momentum < 1:
         raise ValueError(f"ema_momentum {cfg.ema_momentum}: expected a value in [0, 1)")
+    if cfg.local_path not in ("calibrated", "value"):
+        raise ValueError(f"local_path {cfg.local_path!r}: expected 'calibrated' or 'value'")
+    if cfg.attention_weight < 0 or cfg.attention_temperature <= 0:
+        raise ValueError(f"attention_weight {cfg.attention_weight}, attention_temperature "
+                         f"{cfg.attention_temperature}: expected a weight >= 0 and a temperature > 0")
 
     work_dir = Path(work_dir)
     torch.manual_seed(cfg.seed)
@@ -409,7 +509,9 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
     patch = model.visual.patch_size[0]
     grid = cfg.image_size // patch
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain organism", disable=not progress, dynamic_ncols=True)
-    ema = local_ema = None
+    ema = local_ema = attention_ema = None
+    n = cfg.local_images
+    blocks = model.visual.transformer.resblocks
     while step < cfg.steps:
         t0 = time.perf_counter()
         x, tokens = next(stream)
@@ -419,16 +521,19 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
             group["lr"] = lr_at(step, cfg)
         subset = PatchSubset(cfg.patch_dropout, cfg.seed, step) if dropout_on(step, cfg) else nn.Identity()
         model.visual.patch_dropout = subset
-        pooled, dense = encode_image_dense(model.visual, x)
+        pooled, dense, states = encode_image_dense(model.visual, x, cfg.local_path, count=n)
         txt = F.normalize(encode_captions(model, tokens), dim=-1)
         contrastive = loss_fn(F.normalize(pooled, dim=-1), txt, model.logit_scale.exp())
-        loss, local = contrastive, None
-        if cfg.local_weight > 0 and cfg.local_images > 0:
-            n = cfg.local_images
+        loss, local, attention = contrastive, None, None
+        kept = subset.kept[:n] if isinstance(subset, PatchSubset) else None
+        if cfg.local_weight > 0 and n > 0:
             boxes = draw_boxes(grid, n, _step_generator(cfg.seed + LOCAL_SEED_OFFSET, step))[:, None]
-            kept = subset.kept[:n] if isinstance(subset, PatchSubset) else None
-            local = local_loss(teacher, x[:n], boxes, dense[:n], kept, patch)
-            loss = contrastive + cfg.local_weight * local
+            local = local_loss(teacher, x[:n], boxes, dense, kept, patch)
+            loss = loss + cfg.local_weight * local
+        if cfg.attention_weight > 0 and n > 0:
+            target = affinity_target(teacher_dense(teacher.visual, x[:n], kept), cfg.attention_temperature)
+            attention = attention_loss(blocks, [s[:n] for s in states], target)
+            loss = loss + cfg.attention_weight * attention
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -439,17 +544,16 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
         elapsed += time.perf_counter() - t0
         value = contrastive.item()
         ema = value if ema is None else 0.95 * ema + 0.05 * value
-        if local is not None:
-            local_ema = local.item() if local_ema is None else 0.95 * local_ema + 0.05 * local.item()
+        local_ema = _smooth(local_ema, local)
+        attention_ema = _smooth(attention_ema, attention)
         bar.update(1)
-        bar.set_postfix(loss=f"{ema:.3f}", local=f"{local_ema:.3f}" if local_ema is not None else "off")
+        bar.set_postfix(loss=f"{ema:.3f}", local=_shown(local_ema), attention=_shown(attention_ema))
         if step % cfg.eval_every == 0 or step == cfg.steps:
             m_ap = zero_shot_map(model, tokenizer, world, images, labels)
-            history.append({"step": step, "loss": ema, "local_loss": local_ema, "zero_shot_map": m_ap,
-                            "seconds": round(elapsed, 1)})
-            local_text = f"  local {local_ema:.3f}" if local_ema is not None else ""
-            bar.write(f"step {step}: loss {ema:.3f}{local_text}  held-out zero-shot mAP {m_ap:.3f}  "
-                      f"({elapsed / 60:.1f} min)")
+            history.append({"step": step, "loss": ema, "local_loss": local_ema, "attention_loss": attention_ema,
+                            "zero_shot_map": m_ap, "seconds": round(elapsed, 1)})
+            bar.write(f"step {step}: loss {ema:.3f}  local {_shown(local_ema)}  attention {_shown(attention_ema)}"
+                      f"  held-out zero-shot mAP {m_ap:.3f}  ({elapsed / 60:.1f} min)")
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             save()
     bar.close()

@@ -9,8 +9,10 @@ this attention: a layer whose object patches look at their own object far more t
 its object; one near chance spreads it over the background. The stack is the one the pipeline reads (head mean in
 plain blocks, head sum in the calibrated ones), each row renormalised over the patches. Images are resized to
 ``model.input_size`` squared; a patch belongs to a class when at least half of its pixels do (mixed patches and
-ignore pixels are left out). ``--random`` measures the same architecture with random weights, the chance baseline of
-a CLIP that has learned nothing. Needs a dataset with masks, e.g. ``python tools/make_synthetic.py --root DIR``.
+ignore pixels are left out). A last row measures the matrix the refinement actually multiplies by: the transition
+matrix 𝒯 of the affinity layers' mean (Sinkhorn rounds, symmetrised, squared; algorithm.md §5.1 step 4).
+``--random`` measures the same architecture with random weights, the chance baseline of a CLIP that has learned
+nothing. Needs a dataset with masks, e.g. ``python tools/make_synthetic.py --root DIR``.
 """
 from __future__ import annotations
 
@@ -60,6 +62,7 @@ def own_region_share(attn: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 @torch.no_grad()
 def measure(cfg, split: str, images: int, random_init: bool) -> dict[str, Any]:
     """Per-layer own-object attention share and its chance level over the first ``images`` images of ``split``."""
+    from excel.cam.affinity import attention_affinity, transition_matrix
     from excel.data import build_dataset
     from excel.engine.checkpoint import build_seeded_model
 
@@ -70,17 +73,20 @@ def measure(cfg, split: str, images: int, random_init: bool) -> dict[str, Any]:
     layers = model.visual.num_layers
     dataset = build_dataset(cfg, split, stage="val")
     count = min(images, len(dataset))
-    share_sum, chance_sum, patches = torch.zeros(layers), 0.0, 0
+    share_sum, chance_sum, patches = torch.zeros(layers + 1), 0.0, 0
     for i in tqdm(range(count), desc="attention", dynamic_ncols=True, leave=False):
         item = dataset[i]
         x = F.interpolate(item["image"][None], size=(size, size), mode="bilinear", align_corners=False)
-        attn = model.visual(x, attn_layers=range(layers)).attn[:, 0, 1:, 1:]  # (L, P, P), CLS left out
+        stack = model.visual(x, attn_layers=range(layers)).attn                # (L, 1, N, N)
+        trans = transition_matrix(attention_affinity(stack, list(cfg.cam.affinity_layers)), int(cfg.cam.sinkhorn_iters))
+        attn = torch.cat([stack[:, 0, 1:, 1:], trans])                          # (L + 1, P, P), CLS left out
         grid = int(round(attn.shape[-1] ** 0.5))
         share, chance, n = own_region_share(attn, patch_labels(item["label"], size, grid))
         share_sum, chance_sum, patches = share_sum + share, chance_sum + chance, patches + n
     if patches == 0:
         raise SystemExit(f"no foreground patch in the first {count} images of {split!r}: nothing to measure")
-    return {"own_share": (share_sum / patches).tolist(), "chance": chance_sum / patches,
+    shares = (share_sum / patches).tolist()
+    return {"own_share": shares[:-1], "transition_own_share": shares[-1], "chance": chance_sum / patches,
             "patches": patches, "images": count}
 
 
@@ -107,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for layer in range(len(results["trained"]["own_share"])):
         cells = "".join(f"{100 * r['own_share'][layer]:12.1f}%" for r in results.values())
         print(f"{layer:>4d}{'*' if layer in read else ' '}  {cells}  {100 * chance:10.1f}%")
+    cells = "".join(f"{100 * r['transition_own_share']:12.1f}%" for r in results.values())
+    print(f"   𝒯   {cells}  {100 * chance:10.1f}%   (the refinement's transition matrix of the * layers)")
     print(json.dumps({k: {kk: ([round(x, 4) for x in v] if isinstance(v, list) else v) for kk, v in r.items()}
                       for k, r in results.items()}))
     return results

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from excel.backbone.svc import split_heads
 from excel.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from excel.organism.world import World
 from excel.utils.io import atomic_torch_save
@@ -284,7 +285,7 @@ def calibrated_path(blocks: nn.ModuleList, states: list[Tensor], num_blocks: int
         scale = (width // heads) ** -0.5
         mix = 0
         for t in qkv.chunk(3, dim=-1):
-            t = t.unflatten(-1, (heads, -1)).transpose(1, 2)                      # (B, h, N, d)
+            t = split_heads(t, heads)                                              # (B, h, N, d)
             mix = mix + torch.softmax((t * scale) @ t.transpose(-1, -2), dim=-1)
         mix = (mix / 3).sum(1)                                                    # (B, N, N)
         out = out + attn.out_proj(mix @ value)
@@ -297,7 +298,7 @@ def patch_attention(block: nn.Module, x: Tensor) -> Tensor:
     attn = block.attn
     width, heads = x.shape[-1], attn.num_heads
     qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
-    q, k, _ = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+    q, k, _ = (split_heads(t, heads) for t in qkv.chunk(3, dim=-1))
     weights = torch.softmax((q * (width // heads) ** -0.5) @ k.transpose(-1, -2), dim=-1).mean(1)[:, 1:, 1:]
     return weights / weights.sum(-1, keepdim=True)
 

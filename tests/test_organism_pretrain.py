@@ -7,11 +7,11 @@ import torch
 
 from excel.backbone import load_clip
 from excel.organism.world import World
-from excel.organism.pretrain import (PatchSubset, PretrainConfig, affinity_target, attention_loss,
-                                    average_precision, calibrated_path, crop_views, draw_boxes, dropout_on,
-                                    ema_update, encode_captions, encode_image_dense, keep_patches, local_loss, lr_at,
-                                    patch_attention, pretrain, region_means, teacher_dense, value_path,
-                                    view_of_scene)
+from excel.organism.dense import (affinity_target, attention_loss, calibrated_path, crop_views, draw_boxes,
+                                  ema_update, encode_image_dense, local_loss, patch_attention, region_means,
+                                  teacher_dense, value_path)
+from excel.organism.pretrain import (PatchSubset, PretrainConfig, average_precision, dropout_on, encode_captions,
+                                    keep_patches, lr_at, pretrain, view_of_scene)
 from excel.organism.weights import OrganismWeightsError, load_organism_weights, save_organism_weights
 
 TINY = dict(model="excel-tiny", image_size=224, steps=4, batch_size=4, warmup=2, eval_every=2, eval_images=8,

@@ -26,10 +26,10 @@ from excel.data.transforms import to_uint8_rgb
 from excel.engine.checkpoint import load_trained_model
 from excel.engine.inference import resize_square
 from excel.engine.outputs import SplitOutputs, miou_text
-from excel.utils.numbers import percent
 from excel.engine.sharded import ShardedRun, eval_loader, run_sharded
 from excel.errors import UsageError
 from excel.model import EncodeOutput, ExCEL, attn_pred
+from excel.utils.numbers import percent
 from excel.utils.tensors import grid_side
 from excel.utils.vis import save_lam_overlays
 

@@ -21,7 +21,7 @@ from excel.utils.numbers import percent
 from excel.utils.palette import voc_palette
 from excel.utils.vis import save_overlay
 
-__all__ = ["SplitOutputs", "percent", "miou_text"]
+__all__ = ["SplitOutputs", "miou_text"]
 
 
 def miou_text(scores: Mapping[str, Any]) -> str:

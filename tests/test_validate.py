@@ -28,3 +28,28 @@ def test_batched_validation_scores_like_batch_one(tiny_cfg, mini_voc, tmp_path):
         assert abs(results[size]["seg_miou"] - results[1]["seg_miou"]) < 1e-4
         assert abs(results[size]["pseudo_miou"] - results[1]["pseudo_miou"]) < 1e-4
     assert 0 < results[1]["pseudo_miou"] <= 1
+
+
+def test_max_images_scores_the_first_images_only(tiny_cfg, mini_voc, tmp_path):
+    import pytest
+    from torch.utils.data import Subset
+
+    from excel.cam import PseudoLabeler
+    from excel.data import build_dataset
+    from excel.engine.checkpoint import build_seeded_model
+    from excel.engine.validate import validate
+
+    tiny_cfg.data.root = str(mini_voc)
+    tiny_cfg.tse.cache_dir = str(tmp_path / "banks")
+    model = build_seeded_model(tiny_cfg, mode="train")
+    val = build_dataset(tiny_cfg, stage="val")
+    labeler = PseudoLabeler.from_config(tiny_cfg, "val")
+    whole = validate(model, val, tiny_cfg, torch.device("cpu"), labeler)
+    first_two = validate(model, Subset(val, range(2)), tiny_cfg, torch.device("cpu"), labeler)
+    tiny_cfg.eval.max_images = 2
+    limited = validate(model, val, tiny_cfg, torch.device("cpu"), labeler)
+    assert limited["seg_miou"] == first_two["seg_miou"] and limited["pseudo_miou"] == first_two["pseudo_miou"]
+    assert (limited["seg_miou"], limited["pseudo_miou"]) != (whole["seg_miou"], whole["pseudo_miou"])
+    tiny_cfg.eval.max_images = 0
+    with pytest.raises(ValueError, match="eval.max_images=0"):
+        validate(model, val, tiny_cfg, torch.device("cpu"), labeler)

@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--weights", default=None, help="OpenAI ViT-B-16.pt (or open_clip checkpoint) to use")
     parser.add_argument("--organism", action="store_true", help="skip the ViT-B/16 weights search")
     parser.add_argument("--num-train", type=int, default=200, help="generated training images")
-    parser.add_argument("--num-val", type=int, default=100, help="generated validation images")
+    parser.add_argument("--num-val", type=int, default=60, help="generated validation images")
     parser.add_argument("--iters", type=int, default=300, help="training iterations")
     parser.add_argument("--num-overlays", type=int, default=8, help="val images given a legend overlay")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")

@@ -24,7 +24,7 @@ def validate(model, dataset: Dataset, cfg: DictConfig, device: torch.device,
     """Score the decoder (seg) and the training-free-with-Q pseudo labels on ``dataset``; all ranks take part.
 
     ``labeler`` is the run's validation labeler (``PseudoLabeler.from_config(cfg, "val")``, built once). Every
-    image of ``dataset`` is scored.
+    image of ``dataset`` is scored, or the first ``eval.max_images`` of them.
 
     ``eval.batch_size`` images share one forward pass (each resized to the square input first); every image is
     scored as at batch 1, up to the float rounding of batched matrix products.
@@ -33,13 +33,17 @@ def validate(model, dataset: Dataset, cfg: DictConfig, device: torch.device,
     """
     if int(cfg.eval.batch_size) < 1:
         raise ValueError(f"eval.batch_size={cfg.eval.batch_size}: expected a positive number of images")
+    limit = cfg.eval.max_images
+    if limit is not None and int(limit) < 1:
+        raise ValueError(f"eval.max_images={limit}: expected a positive number of images or null (all)")
     num_classes = len(cfg.data.class_names) + 1
     seg_cm = ConfusionMatrix(num_classes, device=device)
     pseudo_cm = ConfusionMatrix(num_classes, device=device)
     was_training = model.training
     model.eval()
     group: list[dict[str, Any]] = []
-    items = tqdm(eval_loader(dataset, cfg), desc="validate", disable=dist.get_rank() != 0, leave=False,
+    loader = eval_loader(dataset, cfg, None if limit is None else int(limit))
+    items = tqdm(loader, desc="validate", disable=dist.get_rank() != 0, leave=False,
                  dynamic_ncols=True)
     for index, batch in enumerate(items, start=1):
         group.append(batch)

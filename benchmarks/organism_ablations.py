@@ -1,7 +1,8 @@
 """Ablations in miniature on the model organism, on one or several world seeds: training-free pseudo-label mIoU
 (full, TSE off, SVC off, affinity refinement off, PAR off, and every configs/ablations/ file) and segmentation mIoU
 after the standard organism training (full, LVC off, affinity loss off), each row's mean and spread over the seeds,
-the zero-shot mAP and the +CRF figures of the full rows, and whether each sign agrees with the paper.
+the zero-shot mAP and the +CRF figures of the full rows, whether each sign agrees with the paper, and where the
+affinity refinement wins and loses (benchmarks/compare_labels.py on the full and refinement-off pseudo labels).
 
     python benchmarks/organism_ablations.py --seeds 2026 4242 [--out work_dirs/organism_ablations]
                                             [--skip-training] [--object-scale 1.0] [--weights organism|FILE]
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import _organism as org
+import compare_labels
 from omegaconf import OmegaConf
 
 from excel.config import CONFIG_DIR
@@ -109,7 +111,9 @@ def seed_rows(args: argparse.Namespace, seed: int, key: str) -> dict[str, Any]:
             print(f"seed {seed}: {'segmentation':<14} {name:<48} {100 * record['seg_miou']:6.1f}   validation "
                   f"pseudo labels " + " ".join(f"{v['iter']}: {100 * v['pseudo_miou']:.1f}" for v in record["val"]),
                   flush=True)
-    return {"rows": rows, "zero_shot_map": zero_shot, "val": curves}
+    folders = (data / "SegmentationClassAug", out / "lam_full" / "pseudo_labels",
+               out / "lam_affinity_refinement_off" / "pseudo_labels")
+    return {"rows": rows, "zero_shot_map": zero_shot, "val": curves, "refinement_folders": folders}
 
 
 def summarise(per_seed: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -167,8 +171,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
             means = [statistics.fmean(100 * per_seed[s]["val"][name][i]["pseudo_miou"] for s in seeds)
                      for i in range(len(steps))]
             print(f"validation pseudo labels, {name}: " + ", ".join(f"{i}: {m:.1f}" for i, m in zip(steps, means)))
-    summary = {"seeds": seeds, "val": {s: per_seed[s]["val"] for s in seeds}, "num_val": args.num_val, "weights": args.weights, "key": key, "table": table,
-               "zero_shot_map": zero_shot, "claims": [dict(claim=t, row=r, full=f, holds=h) for t, r, f, h in checked]}
+    # where the affinity refinement wins and loses: the full and refinement-off pseudo labels, all seeds pooled
+    print("\nThe affinity refinement by the foreground share of the image (all seeds pooled):")
+    refinement = compare_labels.compare([per_seed[s]["refinement_folders"] for s in seeds])
+    compare_labels.print_comparison(refinement, ("full", "refinement off"))
+    summary = {"seeds": seeds, "val": {s: per_seed[s]["val"] for s in seeds}, "num_val": args.num_val,
+               "weights": args.weights, "key": key, "table": table, "zero_shot_map": zero_shot,
+               "claims": [dict(claim=t, row=r, full=f, holds=h) for t, r, f, h in checked],
+               "refinement_by_foreground": refinement}
     atomic_write_json(Path(args.out).resolve() / "ablations_summary.json", summary)
     return summary
 

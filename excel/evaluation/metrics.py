@@ -131,3 +131,41 @@ def _nanmean(values: np.ndarray) -> float:
     values = values[~np.isnan(values)]
     return float(values.mean()) if values.size else math.nan
 
+
+
+def image_miou(pred: np.ndarray, gt: np.ndarray, ignore: int = 255) -> float:
+    """One image's mIoU: the mean IoU over the classes present in its ground truth or its prediction (pixels
+    where ``gt == ignore`` are left out). ``pred`` and ``gt`` are (H, W) integer maps; NaN when no pixel counts."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} differs from ground truth {tuple(gt.shape)}")
+    keep = gt != ignore
+    p, g = pred[keep].astype(np.int64), gt[keep].astype(np.int64)
+    if g.size == 0:
+        return math.nan
+    classes = np.union1d(np.unique(g), np.unique(p))
+    ious = [np.sum((g == c) & (p == c)) / np.sum((g == c) | (p == c)) for c in classes]
+    return float(np.mean(ious))
+
+
+def foreground_share(gt: np.ndarray, ignore: int = 255) -> float:
+    """Share of an (H, W) ground truth's counted pixels (not ``ignore``) that are foreground (label > 0)."""
+    keep = gt != ignore
+    return float((gt[keep] > 0).mean()) if keep.any() else math.nan
+
+
+def binned_difference(shares: Sequence[float], a: Sequence[float], b: Sequence[float],
+                      edges: Sequence[float]) -> list[dict]:
+    """Per-image scores ``a`` and ``b`` of the same images, grouped by ``shares`` (e.g. :func:`foreground_share`)
+    into the bins [edges[i], edges[i+1]): one dict per bin with lo, hi, count and the mean of a, b and a - b
+    (NaN for an empty bin)."""
+    s, x, y = (np.asarray(v, dtype=np.float64) for v in (shares, a, b))
+    if not (s.shape == x.shape == y.shape):
+        raise ValueError(f"shares, a and b must have one value per image, got {s.shape}, {x.shape}, {y.shape}")
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (s >= lo) & (s < hi)
+        n = int(sel.sum())
+        out.append({"lo": float(lo), "hi": float(hi), "count": n,
+                    "a": float(x[sel].mean()) if n else math.nan, "b": float(y[sel].mean()) if n else math.nan,
+                    "difference": float((x[sel] - y[sel]).mean()) if n else math.nan})
+    return out

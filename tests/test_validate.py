@@ -5,17 +5,22 @@ from __future__ import annotations
 import torch
 
 
-def test_batched_validation_scores_like_batch_one(tiny_cfg, mini_voc, tmp_path):
+def _validation_setup(cfg, root, tmp_path):
+    """The tiny model, the val split of ``root`` and the validation labeler."""
     from excel.cam import PseudoLabeler
     from excel.data import build_dataset
     from excel.engine.checkpoint import build_seeded_model
+
+    cfg.data.root = str(root)
+    cfg.tse.cache_dir = str(tmp_path / "banks")
+    return (build_seeded_model(cfg, mode="train"), build_dataset(cfg, stage="val"),
+            PseudoLabeler.from_config(cfg, "val"))
+
+
+def test_batched_validation_scores_like_batch_one(tiny_cfg, mini_voc, tmp_path):
     from excel.engine.validate import validate
 
-    tiny_cfg.data.root = str(mini_voc)
-    tiny_cfg.tse.cache_dir = str(tmp_path / "banks")
-    model = build_seeded_model(tiny_cfg, mode="train")
-    val = build_dataset(tiny_cfg, stage="val")
-    labeler = PseudoLabeler.from_config(tiny_cfg, "val")
+    model, val, labeler = _validation_setup(tiny_cfg, mini_voc, tmp_path)
     results = {}
     for size in (1, 3, 8):   # 4 images: groups of 1, of 3 + 1, and one group of all
         tiny_cfg.eval.batch_size = size
@@ -34,16 +39,9 @@ def test_max_images_scores_the_first_images_only(tiny_cfg, mini_voc, tmp_path):
     import pytest
     from torch.utils.data import Subset
 
-    from excel.cam import PseudoLabeler
-    from excel.data import build_dataset
-    from excel.engine.checkpoint import build_seeded_model
     from excel.engine.validate import validate
 
-    tiny_cfg.data.root = str(mini_voc)
-    tiny_cfg.tse.cache_dir = str(tmp_path / "banks")
-    model = build_seeded_model(tiny_cfg, mode="train")
-    val = build_dataset(tiny_cfg, stage="val")
-    labeler = PseudoLabeler.from_config(tiny_cfg, "val")
+    model, val, labeler = _validation_setup(tiny_cfg, mini_voc, tmp_path)
     whole = validate(model, val, tiny_cfg, torch.device("cpu"), labeler)
     first_two = validate(model, Subset(val, range(2)), tiny_cfg, torch.device("cpu"), labeler)
     tiny_cfg.eval.max_images = 2

@@ -77,7 +77,7 @@ class PretrainConfig:
     local_path: str = "calibrated"  # the dense features it trains: "calibrated" (ExCEL's SVC path) or "value"
     local_images: int = 16          # images of each batch that get one box for the local term
     attention_weight: float = 1.0   # weight of the attention self-distillation term (0: off)
-    attention_temperature: float = 0.1  # its target: softmax over patches of the teacher's cosines / this
+    attention_temperature: float = 0.05  # its target: softmax over patches of the teacher's cosines / this
     ema_momentum: float = 0.99      # the local term's teacher: EMA of the model
     eval_every: int = 250
     eval_images: int = 256

@@ -54,7 +54,8 @@ def compare(pairs: Sequence[tuple[str | Path, str | Path, str | Path]], num_clas
     for key, cm in matrices.items():
         s = cm.compute()
         out[key] = {"miou": s["miou"], "bg_precision": float(s["precision"][0]), "bg_recall": float(s["recall"][0]),
-                    "fg_precision": float(np.nanmean(s["precision"][1:])), "fg_recall": float(np.nanmean(s["recall"][1:]))}
+                    "fg_precision": float(np.nanmean(s["precision"][1:])),
+                    "fg_recall": float(np.nanmean(s["recall"][1:]))}
     out["bins"] = binned_difference(shares, scores["a"], scores["b"], edges)
     return out
 

@@ -132,7 +132,6 @@ def _nanmean(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else math.nan
 
 
-
 def image_miou(pred: np.ndarray, gt: np.ndarray, ignore: int = 255) -> float:
     """One image's mIoU: the mean IoU over the classes present in its ground truth or its prediction (pixels
     where ``gt == ignore`` are left out). ``pred`` and ``gt`` are (H, W) integer maps; NaN when no pixel counts."""

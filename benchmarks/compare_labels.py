@@ -7,7 +7,7 @@ how much of the image is foreground, to see where one setting wins and the other
 
 Each ``--pair`` names a ground-truth folder (e.g. ``<data>/SegmentationClassAug``) and two folders of PNG label maps
 of the same images (e.g. ``<out>/pseudo_labels`` of two ``tools/infer_lam.py`` runs); several pairs (e.g. one per
-world seed) are pooled. Every image of A must be in B and in the ground truth.
+world seed) are pooled. Every image of A must be in B and in the ground truth; a missing or corrupt map is named.
 """
 from __future__ import annotations
 
@@ -18,18 +18,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
+from excel.data.voc import load_label
 from excel.evaluation.metrics import ConfusionMatrix, binned_difference, foreground_share, image_miou
 from excel.utils.io import atomic_write_json
 
 EDGES = (0.0, 0.15, 0.25, 0.35, 0.5, 1.01)
-
-
-def _read(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such label map (every image of the first folder must be in the others)")
-    return np.asarray(Image.open(path), dtype=np.int64)
 
 
 def compare(pairs: Sequence[tuple[str | Path, str | Path, str | Path]], num_classes: int = 21,
@@ -44,10 +38,10 @@ def compare(pairs: Sequence[tuple[str | Path, str | Path, str | Path]], num_clas
         if not names:
             raise FileNotFoundError(f"{a_dir}: no PNG label maps")
         for name in names:
-            gt = _read(Path(gt_dir) / name)
+            gt = load_label(Path(gt_dir) / name, num_classes - 1).astype(np.int64)
             shares.append(foreground_share(gt))
             for key, folder in (("a", a_dir), ("b", b_dir)):
-                pred = _read(Path(folder) / name)
+                pred = load_label(Path(folder) / name, num_classes - 1).astype(np.int64)
                 matrices[key].update(torch.from_numpy(pred), torch.from_numpy(gt))
                 scores[key].append(image_miou(pred, gt))
     out: dict[str, Any] = {"images": len(shares)}

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import compare_labels
+from excel.data.voc import DatasetError
 from excel.evaluation.metrics import binned_difference, foreground_share, image_miou
 
 
@@ -59,5 +60,5 @@ def test_compare_pools_pairs_and_names_missing_maps(tmp_path, capsys):
     assert out["bins"][1]["difference"] == 0.0
     assert "| exact |" in capsys.readouterr().out
     (b / "l.png").unlink()
-    with pytest.raises(FileNotFoundError, match="l.png"):
+    with pytest.raises(DatasetError, match="not found: .*l.png"):
         compare_labels.compare([(gt, a, b)], 2)

@@ -54,6 +54,13 @@ def test_text_bank_with_tse_bank_file(tiny_cfg, tiny_clip, tmp_path):
     torch.testing.assert_close(model.text_bank, build_text_bank(fg, bg, centers, 0.9))
     assert not torch.allclose(model.text_bank[:20], fg)                # TSE changed the class rows
     torch.testing.assert_close(model.text_bank[20:], bg)
+    # tse.mix picks a part of the attribute mix; a name that is not a part is refused
+    cfg.tse.mix = "class_specific"
+    torch.testing.assert_close(build_model(cfg, tiny_clip).text_bank,
+                               build_text_bank(fg, bg, centers, 0.9, mix="class_specific"))
+    cfg.tse.mix = "attributes"
+    with pytest.raises(ValueError, match="tse.mix='attributes'.*full, class_specific, shared"):
+        build_model(cfg, tiny_clip)
 
 
 def test_forward_outputs_and_frozen_clip(tiny_cfg, tiny_clip):

@@ -52,6 +52,26 @@ def test_tse_aggregate_hand_computed():
         tse_aggregate(fg, centers.t(), top_k=0.5)
 
 
+def test_tse_mix_parts_hand_computed():
+    # two classes e1, e2; centres e1, e2 (J = 2, top_k = 1.0 masks nothing): logits [[1, 0], [0, 1]]
+    # alpha = [[a, b], [b, a]] with a = e / (e + 1), b = 1 / (e + 1); attribute mixes [a, b] and [b, a];
+    # their mean over the classes is [1/2, 1/2]
+    fg = torch.eye(2, dtype=torch.float64)
+    centers = torch.eye(2, dtype=torch.float64)
+    a, b = math.e / (math.e + 1), 1 / (math.e + 1)
+    full = torch.tensor([[1 + a, b], [b, 1 + a]], dtype=torch.float64)
+    shared = torch.tensor([[1.5, 0.5], [0.5, 1.5]], dtype=torch.float64)
+    specific = torch.tensor([[1 + a - 0.5, b - 0.5], [b - 0.5, 1 + a - 0.5]], dtype=torch.float64)
+    torch.testing.assert_close(tse_aggregate(fg, centers, 1.0), full, rtol=0, atol=1e-12)
+    torch.testing.assert_close(tse_aggregate(fg, centers, 1.0, mix="shared"), shared, rtol=0, atol=1e-12)
+    torch.testing.assert_close(tse_aggregate(fg, centers, 1.0, mix="class_specific"), specific, rtol=0, atol=1e-12)
+    # the two parts add up to the reference's mix
+    parts = tse_aggregate(fg, centers, 1.0, "shared") + tse_aggregate(fg, centers, 1.0, "class_specific") - fg
+    torch.testing.assert_close(parts, full, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="tse.mix='both'"):
+        tse_aggregate(fg, centers, 1.0, mix="both")
+
+
 def test_build_text_bank_rows_and_order():
     gen = torch.Generator().manual_seed(0)
     fg = F.normalize(torch.randn(3, 8, generator=gen), dim=-1)

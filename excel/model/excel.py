@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from excel.backbone import CalibratedVisual, VisualOutput, load_clip, load_tokenizer, lvc_bias
 from excel.cam.surgery import feature_surgery_lam, normalize_tokens
 from excel.model.decoder import build_decoder
-from excel.text.bank import build_text_bank, encode_prompts
+from excel.text.bank import TSE_MIXES, build_text_bank, encode_prompts
 from excel.text.cluster_bank import get_cluster_bank
 
 log = logging.getLogger(__name__)
@@ -222,10 +222,13 @@ def build_text_bank_from_config(cfg: Any, clip_model: nn.Module, tokenizer: Any)
     templates = list(cfg.text.templates)
     fg = encode_prompts(clip_model, tokenizer, names, templates)
     bg = encode_prompts(clip_model, tokenizer, list(cfg.data.background_names), templates)
+    mix = str(cfg.tse.mix)
+    if mix not in TSE_MIXES:
+        raise ValueError(f"tse.mix={mix!r}: expected one of {', '.join(TSE_MIXES)}")
     centers = get_cluster_bank(cfg, clip_model, tokenizer) if cfg.tse.enabled else None
     log.info("text bank: %d foreground + %d background prompts, TSE %s", fg.shape[0], bg.shape[0],
-             "off" if centers is None else f"on ({centers.shape[1]} clusters, top_k={cfg.tse.top_k})")
-    return build_text_bank(fg, bg, centers, top_k=float(cfg.tse.top_k))
+             "off" if centers is None else f"on ({centers.shape[1]} clusters, top_k={cfg.tse.top_k}, mix={mix})")
+    return build_text_bank(fg, bg, centers, top_k=float(cfg.tse.top_k), mix=mix)
 
 
 def load_configured_clip(clip_cfg: Any) -> nn.Module:

@@ -39,12 +39,15 @@ def encode_prompts(clip_model: nn.Module, tokenizer: Callable[[list[str]], Tenso
     return F.normalize(emb.mean(dim=1), dim=-1)
 
 
+TSE_MIXES = ("full", "class_specific", "shared")
+
+
 def num_masked(num_clusters: int, top_k: float) -> int:
     """m = int((1 - top_k) * J) in Python floats: 11 for J = 112 and 22 for J = 224 at top_k = 0.9 (quirk 13)."""
     return int((1 - top_k) * num_clusters)
 
 
-def tse_aggregate(fg: Tensor, centers: Tensor, top_k: float = 0.9) -> Tensor:
+def tse_aggregate(fg: Tensor, centers: Tensor, top_k: float = 0.9, mix: str = "full") -> Tensor:
     """Enrich each foreground text with its attribute mix (algorithm.md §3.3 steps 1-5).
 
     Logits fg @ A; the m = int((1 - top_k) J) smallest logits of every class row are set to -inf; alpha =
@@ -54,6 +57,9 @@ def tse_aggregate(fg: Tensor, centers: Tensor, top_k: float = 0.9) -> Tensor:
         fg: (C_fg, D) unit foreground text rows.
         centers: (D, J) cluster bank A (KMeans centres, not re-normalised).
         top_k: keep ratio (0.9 in the reference).
+        mix: which part of the attribute mix M = alpha @ A^T (C_fg, D) is added: "full" (the reference: all of
+            it), "class_specific" (M minus its mean over the classes) or "shared" (that mean, the same vector for
+            every class). full = class_specific + shared; the two parts are for analysing what TSE adds.
     Returns:
         (C_fg, D).
     """
@@ -71,20 +77,30 @@ def tse_aggregate(fg: Tensor, centers: Tensor, top_k: float = 0.9) -> Tensor:
         drop = order[:, j - m:]                                        # the m smallest logits of each row
         logits = logits.scatter(1, drop, float("-inf"))
     alpha = torch.softmax(logits, dim=1)
-    return alpha @ centers.t() + fg
+    attributes = alpha @ centers.t()                                   # (C_fg, D)
+    if mix == "full":
+        return attributes + fg
+    shared = attributes.mean(dim=0, keepdim=True)
+    if mix == "class_specific":
+        return attributes - shared + fg
+    if mix == "shared":
+        return shared + fg
+    raise ValueError(f"tse.mix={mix!r}: expected one of {TSE_MIXES}")
 
 
-def build_text_bank(fg: Tensor, bg: Tensor, centers: Tensor | None = None, top_k: float = 0.9) -> Tensor:
+def build_text_bank(fg: Tensor, bg: Tensor, centers: Tensor | None = None, top_k: float = 0.9,
+                    mix: str = "full") -> Tensor:
     """The text bank T (algorithm.md §3.3 step 6): rownorm(concat[fg rows (TSE-enriched when centers given), bg rows]).
 
     Args:
         fg: (C_fg, D) unit foreground prompt embeddings; bg: (K - C_fg, D) unit background ones.
         centers: (D, J) TSE cluster bank, or None for TSE off.
+        top_k, mix: as in :func:`tse_aggregate`.
     Returns:
         (K, D) with unit rows, foreground rows first.
     """
     if bg.dim() != 2 or bg.shape[1] != fg.shape[1]:
         raise ValueError(f"background text must be (K_bg, {fg.shape[1]}), got {tuple(bg.shape)}")
     if centers is not None:
-        fg = tse_aggregate(fg, centers, top_k)
+        fg = tse_aggregate(fg, centers, top_k, mix)
     return F.normalize(torch.cat([fg, bg.to(fg)], dim=0), dim=-1)

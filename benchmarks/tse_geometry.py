@@ -1,0 +1,148 @@
+"""What TSE does to the text bank, and how the image's patches read what it adds.
+
+    python benchmarks/tse_geometry.py [--config configs/organism.yaml] [--split val] [--images 50] [key=value ...]
+
+TSE (algorithm.md §3.3) adds to each class text a mix of the knowledge base's cluster centres, weighted by a softmax
+of cosines at temperature 1, so the weights are close to uniform and most of the mix is the same for every class.
+This prints, for the config's CLIP and knowledge base:
+
+- the bank: clusters per class, and the weight a class's softmax puts on its own clusters;
+- the mix: the norm of the part every class shares (``tse.mix: shared``) against the class-specific rest;
+- the text bank before and after TSE: the mean cosine between class rows, between class and background rows, and
+  between a class's row before and after;
+- with ``--images N`` and a dataset with masks: over the first N images of ``--split``, the AUC with which the
+  patches' dense features (the ones the class maps are made of, algorithm.md §1.7) tell foreground from background
+  along the shared part of the mix (0.5: the shared part is image-neutral; above 0.5 it marks objects, below 0.5 it
+  marks background), and the AUC with which they tell a class's patches from the image's other labelled patches
+  along the class rows minus their mean, before and after TSE.
+
+``configs/ablations/tse_shared_only.yaml`` and ``tse_class_specific.yaml`` then measure what each part does to the
+pseudo labels. Needs the config's CLIP weights and, for ``--images``, a dataset, e.g.
+``python tools/make_synthetic.py --root DIR``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from excel.config import CONFIG_DIR, load_config
+
+
+def text_geometry(fg: torch.Tensor, bg: torch.Tensor, centers: torch.Tensor, flags: torch.Tensor,
+                  top_k: float) -> dict[str, Any]:
+    """The bank and text-bank figures (see the module docstring) from fg (C,D), bg (K-C,D), centers (D,J),
+    flags (C,J)."""
+    from excel.text import build_text_bank
+    from excel.text.analysis import mean_pairwise_cosine, tse_parts
+
+    alpha, mix, shared = tse_parts(fg, centers, top_k)
+    own = (alpha * (flags > 0).to(alpha)).sum(dim=1)
+    enriched = build_text_bank(fg, bg, centers, top_k)[:fg.shape[0]]
+    return {
+        "clusters_per_class": (flags > 0).sum(dim=1).tolist(),
+        "shared_clusters": int(((flags > 0).sum(dim=0) > 1).sum()),
+        "own_cluster_weight": own.tolist(),
+        "mix_norm": float(mix.norm(dim=1).mean()),
+        "shared_norm": float(shared.norm()),
+        "class_specific_norm": float((mix - shared).norm(dim=1).mean()),
+        "class_class_cos": [mean_pairwise_cosine(fg), mean_pairwise_cosine(enriched)],
+        "class_background_cos": [mean_pairwise_cosine(fg, bg), mean_pairwise_cosine(enriched, bg)],
+        "before_after_cos": float(F.cosine_similarity(fg, enriched, dim=-1).mean()),
+        "shared_background_cos": mean_pairwise_cosine(shared[None], bg),
+    }
+
+
+@torch.no_grad()
+def patch_auc(model: Any, fg: torch.Tensor, enriched: torch.Tensor, shared: torch.Tensor, dataset: Any,
+              count: int, size: int) -> dict[str, Any]:
+    """Foreground AUC along ``shared`` and class AUCs along the centred class rows (before/after TSE) over the first
+    ``count`` items of ``dataset``; patches are labelled by majority (mixed patches left out)."""
+    from attention_locality import patch_labels
+    from excel.text.analysis import rank_auc
+
+    directions = {"before": fg - fg.mean(dim=0), "after": enriched - enriched.mean(dim=0)}
+    scores, foreground, class_aucs = [], [], {k: [] for k in directions}
+    for i in tqdm(range(count), desc="patches", dynamic_ncols=True, leave=False):
+        item = dataset[i]
+        x = F.interpolate(item["image"][None], size=(size, size), mode="bilinear", align_corners=False)
+        dense = model.encode(x).dense[0, 1:]                                 # (P, D), CLS left out
+        labels = patch_labels(item["label"], size, int(round(dense.shape[0] ** 0.5)))
+        keep = labels >= 0
+        scores.append(dense[keep] @ shared)
+        foreground.append(labels[keep] > 0)
+        for c in labels[labels > 0].unique().tolist():
+            own = labels[keep] == c
+            if bool(own.all()):
+                continue
+            for key, rows in directions.items():
+                class_aucs[key].append(rank_auc(dense[keep] @ rows[c - 1], own))
+    fg_mask = torch.cat(foreground)
+    if fg_mask.all() or not fg_mask.any():
+        raise SystemExit(f"the first {count} images have no background or no foreground patch: nothing to measure")
+    return {"images": count, "patches": int(fg_mask.numel()),
+            "shared_foreground_auc": rank_auc(torch.cat(scores), fg_mask),
+            "class_auc": {k: sum(v) / len(v) if v else float("nan") for k, v in class_aucs.items()}}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from excel.backbone import load_tokenizer
+    from excel.data import build_dataset
+    from excel.model import build_model, load_configured_clip
+    from excel.text import encode_prompts, prepare_cluster_bank
+    from excel.text.analysis import tse_parts
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(CONFIG_DIR / "organism.yaml"))
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--images", type=int, default=50, help="images whose patches are read (0: text only)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, [*args.overrides, "tse.enabled=true", "tse.mix=full"])
+    clip = load_configured_clip(cfg.model.clip).eval()
+    tokenizer = load_tokenizer(cfg.model.clip.name)
+    templates = list(cfg.text.templates)
+    fg = encode_prompts(clip, tokenizer, list(cfg.data.prompt_names), templates)
+    bg = encode_prompts(clip, tokenizer, list(cfg.data.background_names), templates)
+    bank = prepare_cluster_bank(cfg, clip, tokenizer)
+    if bank is None:
+        raise SystemExit("the config has no TSE source: set tse.knowledge_base or tse.bank_file")
+    top_k = float(cfg.tse.top_k)
+    result = {"text": text_geometry(fg, bg, bank.centers.to(fg), bank.flags, top_k)}
+    t = result["text"]
+    own = torch.tensor(t["own_cluster_weight"])
+    per_class = torch.tensor(t["clusters_per_class"], dtype=torch.float)
+    print(f"bank {bank.path.name}: J={bank.centers.shape[1]}, clusters per class {int(per_class.min())}-"
+          f"{int(per_class.max())} (median {per_class.median():.0f}), {t['shared_clusters']} shared by several classes")
+    print(f"weight on a class's own clusters: mean {own.mean():.3f} (min {own.min():.3f}, max {own.max():.3f}); "
+          f"uniform over the kept clusters would give {per_class.mean() / (bank.centers.shape[1] - int((1 - top_k) * bank.centers.shape[1])):.3f}")
+    print(f"attribute mix: |mix| {t['mix_norm']:.3f}, its shared part {t['shared_norm']:.3f}, class-specific rest "
+          f"{t['class_specific_norm']:.3f}; cos(shared part, background rows) {t['shared_background_cos']:.3f}")
+    print(f"text bank        before TSE  after TSE\n"
+          f"  class-class    {t['class_class_cos'][0]:10.3f} {t['class_class_cos'][1]:10.3f}\n"
+          f"  class-bg       {t['class_background_cos'][0]:10.3f} {t['class_background_cos'][1]:10.3f}\n"
+          f"  a class row before vs after: cos {t['before_after_cos']:.3f}")
+    if args.images > 0:
+        model = build_model(cfg, clip, mode="val").eval()
+        _, _, shared = tse_parts(fg, bank.centers.to(fg), top_k)
+        enriched = model.text_bank[:fg.shape[0]]
+        dataset = build_dataset(cfg, args.split, stage="val")
+        count = min(args.images, len(dataset))
+        result["patches"] = patch_auc(model, fg, enriched, F.normalize(shared, dim=0), dataset, count,
+                                      int(cfg.model.input_size))
+        p = result["patches"]
+        print(f"patches ({p['images']} {args.split} images, {p['patches']} labelled patches):\n"
+              f"  foreground vs background along the shared part: AUC {p['shared_foreground_auc']:.3f} "
+              f"(0.5 = image-neutral, < 0.5 = marks background)\n"
+              f"  a class's patches vs the image's others along its centred row: AUC {p['class_auc']['before']:.3f} "
+              f"before TSE, {p['class_auc']['after']:.3f} after")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -66,12 +66,14 @@ def test_text_geometry_hand_computed():
 def test_tse_geometry_runs_on_a_tiny_clip(mini_voc, tmp_path, capsys):
     from tse_geometry import main
 
+    torch.manual_seed(0)                                # the random-init tiny CLIP the tool loads
     out = main(["--images", "4", f"data.root={mini_voc}", "data.num_workers=0", "model.clip.name=excel-tiny",
                 "model.clip.pretrained=null", "model.input_size=64", "tse.num_clusters=16", "tse.kmeans_n_init=1",
                 f"tse.cache_dir={tmp_path}"])
     text, patches = out["text"], out["patches"]
     assert len(text["clusters_per_class"]) == 20 and sum(text["clusters_per_class"]) >= 16
-    assert all(0 < w < 1 for w in text["own_cluster_weight"])
+    # random weights: clusters mix classes, so a class may own every cluster it keeps (weight 1)
+    assert all(0 < w <= 1 + 1e-6 for w in text["own_cluster_weight"])
     # the mix is the shared part plus the class-specific rest, so neither norm exceeds the other plus the mix
     assert text["shared_norm"] <= text["mix_norm"] + text["class_specific_norm"] + 1e-6
     assert 0 <= patches["shared_foreground_auc"] <= 1 and patches["images"] == 4

@@ -51,11 +51,7 @@ def rank_auc(scores: Tensor, positive: Tensor) -> float:
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"rank_auc needs positives and negatives, got {n_pos} and {n_neg}")
-    order = scores.argsort()
-    ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64)
-    for value in scores.unique():                        # average ranks over ties
-        tied = scores == value
-        if int(tied.sum()) > 1:
-            ranks[tied] = ranks[tied].mean()
+    _, inverse, counts = torch.unique(scores, sorted=True, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()                     # a tie group spans ranks end - count + 1 .. end
+    ranks = (ends - (counts.double() - 1) / 2)[inverse]  # every member gets the group's mean rank
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -12,7 +12,9 @@ are the same at every iteration. For each checkpoint this prints, on the first `
 - how well Q tells patch pairs of one class from pairs of two classes (AUC, mean over images; 0.5 = no better than
   chance), against the ground truth and against the training-free pseudo labels the decoder learns from; the
   same AUC of the attention mean Ā that Q multiplies is printed once, as the yardstick;
-- the share of Q's same-pair mass that falls on pairs the pseudo labels join but the ground truth does not.
+- the share of Q's same-pair mass that falls on pairs the pseudo labels join but the ground truth does not;
+- Q's two roles apart: the pseudo labels with only Q's choice of layers (the chosen layers' mean, not multiplied
+  by Q) and with only Q's product (the mean of every affinity layer, times Q).
 
 A Q that follows the pseudo labels more closely than the ground truth has learned the pseudo labels' mistakes.
 Each image goes through the model alone (Q is normalised by its own Gram mean; the validation batches images, so
@@ -61,6 +63,20 @@ def false_join_share(q: torch.Tensor, gt: torch.Tensor, pseudo: torch.Tensor) ->
     return float(q[wrong].sum()) / total
 
 
+def _layer_choice_only(encoded: Any, layers: Sequence[int], q: torch.Tensor | None) -> torch.Tensor:
+    """The affinity source with Q's choice of layers but without its product: the chosen layers' mean."""
+    from excel.cam.affinity import attention_affinity
+
+    return attention_affinity(encoded.attn, layers, q) / q
+
+
+def _product_only(encoded: Any, layers: Sequence[int], q: torch.Tensor | None) -> torch.Tensor:
+    """The affinity source with Q's product but without its choice of layers: every layer's mean times Q."""
+    from excel.cam.affinity import attention_affinity
+
+    return attention_affinity(encoded.attn, layers) * q
+
+
 def _mean(values: list[float | None]) -> float:
     kept = [v for v in values if v is not None]
     return sum(kept) / len(kept) if kept else float("nan")
@@ -84,6 +100,9 @@ def measure(cfg, checkpoint: str | None, split: str, images: int) -> dict[str, A
     count = min(images, len(dataset))
     num_classes = len(cfg.data.class_names) + 1
     with_q, without_q = ConfusionMatrix(num_classes, device=device), ConfusionMatrix(num_classes, device=device)
+    choice_only, product_only = ConfusionMatrix(num_classes, device=device), ConfusionMatrix(num_classes, device=device)
+    choice_labeler, product_labeler = (PseudoLabeler.from_config(cfg, "val").to(device) for _ in range(2))
+    choice_labeler.source, product_labeler.source = _layer_choice_only, _product_only
     size = int(cfg.model.input_size)
     auc_gt, auc_pseudo, auc_attn, false_join = [], [], [], []
     name = Path(checkpoint).name if checkpoint else "random decoder"
@@ -97,6 +116,8 @@ def measure(cfg, checkpoint: str | None, split: str, images: int) -> dict[str, A
         plain = labeler(out.encoded, cls, x, label.shape[-2:])
         with_q.update(labeler(out.encoded, cls, x, label.shape[-2:], q), label[None])
         without_q.update(plain, label[None])
+        choice_only.update(choice_labeler(out.encoded, cls, x, label.shape[-2:], q), label[None])
+        product_only.update(product_labeler(out.encoded, cls, x, label.shape[-2:], q), label[None])
         grid = int(round(q.shape[-1] ** 0.5))
         gt = patch_labels(label, size, grid)
         pseudo = patch_labels(plain[0].cpu(), size, grid)
@@ -107,6 +128,8 @@ def measure(cfg, checkpoint: str | None, split: str, images: int) -> dict[str, A
     return {"checkpoint": name, "images": count,
             "pseudo_miou_with_q": float(with_q.compute()["miou"]),
             "pseudo_miou_without_q": float(without_q.compute()["miou"]),
+            "pseudo_miou_layer_choice_only": float(choice_only.compute()["miou"]),
+            "pseudo_miou_product_only": float(product_only.compute()["miou"]),
             "q_auc_ground_truth": _mean(auc_gt), "q_auc_pseudo_labels": _mean(auc_pseudo),
             "attention_auc_ground_truth": _mean(auc_attn), "q_false_join_share": _mean(false_join)}
 
@@ -119,6 +142,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = parser.parse_args(argv)
+    # key=value overrides written after the checkpoints land in --checkpoints: take them back
+    moved = [a for a in args.checkpoints if "=" in a and not Path(a).is_file()]
+    args.checkpoints = [a for a in args.checkpoints if a not in moved]
+    args.overrides = [*args.overrides, *moved]
+    if not args.checkpoints:
+        raise SystemExit("--checkpoints: expected at least one checkpoint file")
     for path in args.checkpoints:
         if not Path(path).is_file():
             raise SystemExit(f"--checkpoints: {path} is not a file")
@@ -129,13 +158,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     print(f"attn_pred (Q) at each checkpoint, {rows[0]['images']} {args.split} images; attention mean Ā: pair AUC "
           f"{100 * rows[0]['attention_auc_ground_truth']:.1f} against the ground truth")
     print("| checkpoint | pseudo labels with Q | without Q | Q's worth | Q pair AUC, ground truth | "
-          "Q pair AUC, pseudo labels | Q mass on falsely joined pairs |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "Q pair AUC, pseudo labels | Q mass on falsely joined pairs | Q's layer choice only | Q's product only |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['checkpoint']} | {100 * r['pseudo_miou_with_q']:.1f} | {100 * r['pseudo_miou_without_q']:.1f} | "
               f"{100 * (r['pseudo_miou_with_q'] - r['pseudo_miou_without_q']):+.1f} | "
               f"{100 * r['q_auc_ground_truth']:.1f} | {100 * r['q_auc_pseudo_labels']:.1f} | "
-              f"{100 * r['q_false_join_share']:.1f} % |")
+              f"{100 * r['q_false_join_share']:.1f} % | {100 * r['pseudo_miou_layer_choice_only']:.1f} | "
+              f"{100 * r['pseudo_miou_product_only']:.1f} |")
     print(json.dumps(rows))
     return rows
 

@@ -10,7 +10,7 @@ import torch
 
 from excel.config import load_config
 
-from attn_pred_quality import false_join_share, measure, pair_auc
+from attn_pred_quality import _layer_choice_only, _product_only, false_join_share, measure, pair_auc
 
 
 def test_pair_auc_by_hand():
@@ -39,6 +39,19 @@ def test_false_join_share_by_hand():
     assert false_join_share(q, gt, torch.tensor([1, 2, 3, 0])) is None   # nothing joined
 
 
+def test_q_roles_apart_by_hand():
+    from types import SimpleNamespace
+
+    # two layers over CLS + 2 patches; Q = 0.5 everywhere. d_l = sum(Q - A_l): layer 0 sums to 4 over the patch
+    # block (d = 2 - 4 = -2), layer 1 to 0 (d = 2): tau = 0, only layer 0 is chosen
+    attn = torch.zeros(2, 1, 3, 3)
+    attn[0, 0, 1:, 1:] = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+    q = torch.full((1, 2, 2), 0.5)
+    encoded = SimpleNamespace(attn=attn)
+    assert torch.allclose(_layer_choice_only(encoded, [0, 1], q), torch.ones(1, 2, 2) / (1 + 1e-5))
+    assert torch.allclose(_product_only(encoded, [0, 1], q), torch.full((1, 2, 2), 0.25))
+
+
 def test_measure_on_a_trained_checkpoint(seg_checkpoint, capsys):
     from pathlib import Path
 
@@ -47,7 +60,8 @@ def test_measure_on_a_trained_checkpoint(seg_checkpoint, capsys):
     cfg = load_config([CONFIG_DIR / "voc.yaml", CONFIG_DIR / "test_tiny.yaml"], seg_checkpoint["overrides"])
     row = measure(cfg, seg_checkpoint["path"], "val", 3)
     assert row["images"] == 3 and row["checkpoint"] == Path(seg_checkpoint["path"]).name
-    for key in ("pseudo_miou_with_q", "pseudo_miou_without_q"):
+    for key in ("pseudo_miou_with_q", "pseudo_miou_without_q", "pseudo_miou_layer_choice_only",
+                "pseudo_miou_product_only"):
         assert 0.0 <= row[key] <= 1.0
     for key in ("q_auc_ground_truth", "q_auc_pseudo_labels", "attention_auc_ground_truth", "q_false_join_share"):
         assert math.isnan(row[key]) or 0.0 <= row[key] <= 1.0

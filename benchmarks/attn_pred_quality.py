@@ -28,17 +28,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from excel.cam.affinity import attention_affinity
 from excel.config import CONFIG_DIR, load_config
+from excel.text.analysis import rank_auc
 
 
 def pair_auc(values: torch.Tensor, labels: torch.Tensor) -> float | None:
     """AUC of a (P, P) pair score for "same label" among the labelled patches (labels (P,), -1 = left out), over the
     pairs i < j; None when the image has no pair of each kind."""
-    from excel.text.analysis import rank_auc
-
     keep = (labels >= 0).nonzero().flatten()
     if keep.numel() < 2:
         return None
@@ -63,17 +62,13 @@ def false_join_share(q: torch.Tensor, gt: torch.Tensor, pseudo: torch.Tensor) ->
     return float(q[wrong].sum()) / total
 
 
-def _layer_choice_only(encoded: Any, layers: Sequence[int], q: torch.Tensor | None) -> torch.Tensor:
+def _layer_choice_only(encoded: Any, layers: Sequence[int], q: torch.Tensor) -> torch.Tensor:
     """The affinity source with Q's choice of layers but without its product: the chosen layers' mean."""
-    from excel.cam.affinity import attention_affinity
-
     return attention_affinity(encoded.attn, layers, q) / q
 
 
-def _product_only(encoded: Any, layers: Sequence[int], q: torch.Tensor | None) -> torch.Tensor:
+def _product_only(encoded: Any, layers: Sequence[int], q: torch.Tensor) -> torch.Tensor:
     """The affinity source with Q's product but without its choice of layers: every layer's mean times Q."""
-    from excel.cam.affinity import attention_affinity
-
     return attention_affinity(encoded.attn, layers) * q
 
 
@@ -87,7 +82,6 @@ def measure(cfg, checkpoint: str | None, split: str, images: int) -> dict[str, A
     """The figures above for one checkpoint (None: the random decoder of a fresh model)."""
     from attention_locality import patch_labels
     from excel.cam import PseudoLabeler
-    from excel.cam.affinity import attention_affinity
     from excel.data import build_dataset
     from excel.engine.checkpoint import load_trained_model
     from excel.engine.inference import resize_square

@@ -52,7 +52,7 @@ def test_q_roles_apart_by_hand():
     assert torch.allclose(_product_only(encoded, [0, 1], q), torch.full((1, 2, 2), 0.25))
 
 
-def test_measure_on_a_trained_checkpoint(seg_checkpoint, capsys):
+def test_measure_on_a_trained_checkpoint(seg_checkpoint):
     from pathlib import Path
 
     from excel.config import CONFIG_DIR

@@ -13,8 +13,10 @@ This prints, for the config's CLIP and knowledge base:
 - with ``--images N`` and a dataset with masks: over the first N images of ``--split``, the AUC with which the
   patches' dense features (the ones the class maps are made of, algorithm.md §1.7) tell foreground from background
   along the shared part of the mix (0.5: the shared part is image-neutral; above 0.5 it marks objects, below 0.5 it
-  marks background), and the AUC with which they tell a class's patches from the image's other labelled patches
-  along the class rows minus their mean, before and after TSE.
+  marks background), the same AUC along the mean of the class prompts and along the mean of the background prompts
+  (whether any direction the texts share marks background, or only TSE's), and the AUC with which they tell a
+  class's patches from the image's other labelled patches along the class rows minus their mean, before and after
+  TSE.
 
 ``configs/ablations/tse_shared_only.yaml`` and ``tse_class_specific.yaml`` then measure what each part does to the
 pseudo labels. Needs the config's CLIP weights and, for ``--images``, a dataset, e.g.
@@ -58,15 +60,26 @@ def text_geometry(fg: torch.Tensor, bg: torch.Tensor, centers: torch.Tensor, fla
 
 
 @torch.no_grad()
+def direction_aucs(dense: torch.Tensor, foreground: torch.Tensor, directions: dict[str, torch.Tensor]) -> dict[str, float]:
+    """For each named direction (D,), the AUC with which the projection of the patches' features dense (P, D) on it
+    ranks the foreground patches (boolean (P,)) above the background ones: 0.5 image-neutral, below 0.5 it marks
+    background."""
+    from excel.text.analysis import rank_auc
+
+    return {name: rank_auc(dense @ v, foreground) for name, v in directions.items()}
+
+
 def patch_auc(model: Any, fg: torch.Tensor, enriched: torch.Tensor, shared: torch.Tensor, dataset: Any,
-              count: int, size: int) -> dict[str, Any]:
-    """Foreground AUC along ``shared`` and class AUCs along the centred class rows (before/after TSE) over the first
-    ``count`` items of ``dataset``; patches are labelled by majority (mixed patches left out)."""
+              count: int, size: int, generic: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Foreground AUC along ``shared`` and along each ``generic`` direction, and class AUCs along the centred class
+    rows (before/after TSE), over the first ``count`` items of ``dataset``; patches are labelled by majority (mixed
+    patches left out)."""
     from attention_locality import patch_labels
     from excel.text.analysis import rank_auc
 
     directions = {"before": fg - fg.mean(dim=0), "after": enriched - enriched.mean(dim=0)}
-    scores, foreground, class_aucs = [], [], {k: [] for k in directions}
+    generic = dict(generic or {})
+    dense_all, scores, foreground, class_aucs = [], [], [], {k: [] for k in directions}
     for i in tqdm(range(count), desc="patches", dynamic_ncols=True, leave=False):
         item = dataset[i]
         x = F.interpolate(item["image"][None], size=(size, size), mode="bilinear", align_corners=False)
@@ -74,6 +87,7 @@ def patch_auc(model: Any, fg: torch.Tensor, enriched: torch.Tensor, shared: torc
         labels = patch_labels(item["label"], size, int(round(dense.shape[0] ** 0.5)))
         keep = labels >= 0
         scores.append(dense[keep] @ shared)
+        dense_all.append(dense[keep])
         foreground.append(labels[keep] > 0)
         for c in labels[labels > 0].unique().tolist():
             own = labels[keep] == c
@@ -86,6 +100,7 @@ def patch_auc(model: Any, fg: torch.Tensor, enriched: torch.Tensor, shared: torc
         raise SystemExit(f"the first {count} images have no background or no foreground patch: nothing to measure")
     return {"images": count, "patches": int(fg_mask.numel()),
             "shared_foreground_auc": rank_auc(torch.cat(scores), fg_mask),
+            "generic_foreground_auc": direction_aucs(torch.cat(dense_all), fg_mask, generic),
             "class_auc": {k: sum(v) / len(v) if v else float("nan") for k, v in class_aucs.items()}}
 
 
@@ -132,12 +147,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         enriched = model.text_bank[:fg.shape[0]]
         dataset = build_dataset(cfg, args.split, stage="val")
         count = min(args.images, len(dataset))
+        generic = {"the class prompts' mean": F.normalize(fg.mean(dim=0), dim=0),
+                   "the background prompts' mean": F.normalize(bg.mean(dim=0), dim=0)}
         result["patches"] = patch_auc(model, fg, enriched, F.normalize(shared, dim=0), dataset, count,
-                                      int(cfg.model.input_size))
+                                      int(cfg.model.input_size), generic)
         p = result["patches"]
         print(f"patches ({p['images']} {args.split} images, {p['patches']} labelled patches):\n"
               f"  foreground vs background along the shared part: AUC {p['shared_foreground_auc']:.3f} "
               f"(0.5 = image-neutral, < 0.5 = marks background)\n"
+              + "".join(f"  foreground vs background along {name}: AUC {auc:.3f}\n"
+                        for name, auc in p["generic_foreground_auc"].items()) +
               f"  a class's patches vs the image's others along its centred row: AUC {p['class_auc']['before']:.3f} "
               f"before TSE, {p['class_auc']['after']:.3f} after")
     print(json.dumps(result))

@@ -77,6 +77,23 @@ def test_tse_geometry_runs_on_a_tiny_clip(mini_voc, tmp_path, capsys):
     # the mix is the shared part plus the class-specific rest, so neither norm exceeds the other plus the mix
     assert text["shared_norm"] <= text["mix_norm"] + text["class_specific_norm"] + 1e-6
     assert 0 <= patches["shared_foreground_auc"] <= 1 and patches["images"] == 4
+    generic = patches["generic_foreground_auc"]
+    assert set(generic) == {"the class prompts' mean", "the background prompts' mean"}
+    assert all(0 <= v <= 1 for v in generic.values())
     assert all(0 <= v <= 1 for v in patches["class_auc"].values())
     printed = capsys.readouterr().out
     assert "foreground vs background along the shared part" in printed and "text bank" in printed
+    assert "along the class prompts' mean" in printed
+
+
+def test_direction_aucs_hand_computed():
+    from tse_geometry import direction_aucs
+
+    # patches 0 and 1 are foreground; x = (3, 1, 2, 0), y = (0, 2, 1, 3)
+    dense = torch.tensor([[3.0, 0.0], [1.0, 2.0], [2.0, 1.0], [0.0, 3.0]])
+    foreground = torch.tensor([True, True, False, False])
+    aucs = direction_aucs(dense, foreground, {"x": torch.tensor([1.0, 0.0]), "y": torch.tensor([0.0, 1.0]),
+                                              "sum": torch.tensor([1.0, 1.0])})
+    # along x: fg (3, 1) against bg (2, 0) wins 3 of 4 pairs; along y: fg (0, 2) against bg (1, 3) wins 1 of 4;
+    # along x + y every patch scores 3: all ties, 0.5
+    assert aucs == pytest.approx({"x": 0.75, "y": 0.25, "sum": 0.5})

@@ -11,7 +11,7 @@ from excel.organism.dense import (affinity_target, attention_loss, calibrated_pa
                                   ema_update, encode_image_dense, local_loss, patch_attention, region_means,
                                   teacher_dense, value_path)
 from excel.organism.pretrain import (PatchSubset, PretrainConfig, average_precision, dropout_on, encode_captions,
-                                    keep_patches, lr_at, pretrain, view_of_scene)
+                                    WorldPairs, keep_patches, lr_at, pretrain, view_of_scene)
 from excel.organism.weights import OrganismWeightsError, load_organism_weights, save_organism_weights
 
 TINY = dict(model="excel-tiny", image_size=224, steps=4, batch_size=4, warmup=2, eval_every=2, eval_images=8,
@@ -268,3 +268,51 @@ def test_ema_update_by_hand():
         teacher.weight.fill_(1.0), student.weight.fill_(3.0)
     ema_update(teacher, student, 0.75)
     assert teacher.weight.flatten().tolist() == [1.5, 1.5]
+
+
+def test_background_views_hold_no_object_and_captions_name_only_the_background():
+    from excel.organism.pretrain import background_view
+    from excel.organism.world import STUFF_WORDS
+
+    world = World()
+    words = {w for kind in STUFF_WORDS.values() for w in kind}
+    for i in range(5):
+        view, stuff, share = background_view(np.random.default_rng(i), world, 48)
+        assert view.shape == (48, 48, 3) and view.dtype == np.uint8
+        assert share < 0.01 and stuff
+    pairs = WorldPairs(world, lambda texts: texts, 48, 0, 0.5, background_views=0.5, background_caption=1.0)
+    captions = [pairs[i][1] for i in range(40)]
+    names = [n for n in world.prompt_names + world.class_names]
+    background_only = [c for c in captions if not any(n in c for n in names)]
+    assert 8 <= len(background_only) <= 32          # about half of 40 (binomial, p = 0.5)
+    for c in background_only:
+        assert c.startswith("a photo of ") and any(w in c for w in words)
+    # background_caption 1: every caption that names objects names the background too
+    assert all(c.endswith("in the background.") for c in captions if c not in background_only)
+
+
+def test_default_pairs_are_the_stream_the_shipped_weights_saw():
+    from excel.organism.pretrain import normalise, view_of_scene
+
+    world = World()
+    pairs = WorldPairs(world, lambda texts: texts, 48, 3, 0.5)
+    for i in range(6):
+        rng = np.random.default_rng([3, i])             # the draws before background views existed
+        view, classes, stuff = view_of_scene(rng, world, 48, 0.5)
+        image, caption = pairs[i]
+        assert torch.equal(image, normalise(view)) and caption == world.caption(rng, classes, stuff)
+
+
+def test_caption_background_probability():
+    world = World()
+    for i in range(10):
+        always = world.caption(np.random.default_rng(i), [0, 5], ["sky"], background_prob=1.0)
+        never = world.caption(np.random.default_rng(i), [0, 5], ["sky"], background_prob=0.0)
+        assert always.endswith("sky is in the background.") and "background" not in never
+
+
+@pytest.mark.parametrize("field, value", [("background_views", 1.0), ("background_views", -0.1),
+                                          ("background_caption", 1.5)])
+def test_background_settings_out_of_range_are_refused(tmp_path, field, value):
+    with pytest.raises(ValueError, match=field):
+        pretrain(PretrainConfig(**{field: value}), tmp_path)

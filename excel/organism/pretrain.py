@@ -70,6 +70,8 @@ class PretrainConfig:
     warmup: int = 140
     seed: int = 0
     crop_prob: float = 0.5          # share of pairs seen through a random square crop
+    background_views: float = 0.0   # share of pairs that are background-only crops, captioned by their stuff words
+    background_caption: float = 0.3  # probability that a caption naming objects names the background too
     object_scale: float = 1.0       # the world's object size factor (excel.organism.world.World)
     patch_dropout: float = 0.5      # share of image patches dropped per view while dropout is on (0: never)
     full_view_steps: float = 0.15   # closing share of the steps that see every patch
@@ -117,20 +119,48 @@ def view_of_scene(rng: np.random.Generator, world: World, size: int,
     return view, scene.classes, scene.stuff + scene.props
 
 
+def background_view(rng: np.random.Generator, world: World, size: int, max_object_share: float = 0.01,
+                    side_range: tuple[float, float] = (0.3, 0.6)) -> tuple[np.ndarray, list[str], float]:
+    """A (size, size, 3) uint8 square crop of a fresh scene with under ``max_object_share`` of its pixels on
+    objects (a background-only view), the scene's background kinds, and the crop's share of object pixels. The
+    crop's side is a random share ``side_range`` of the scene's short side; scenes are drawn until such a crop is
+    found."""
+    for _ in range(100):
+        h, w = scene_size(rng)
+        scene = world.render(rng, h, w)
+        for _ in range(20):
+            side = int(min(h, w) * rng.uniform(*side_range))
+            y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+            crop = scene.mask[y0:y0 + side, x0:x0 + side]
+            share = float(((crop > 0) & (crop < 255)).mean())
+            if share < max_object_share:
+                image = scene.image[y0:y0 + side, x0:x0 + side]
+                view = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+                return view, scene.stuff + scene.props, share
+    raise RuntimeError("background_view: no background-only crop in 100 scenes; is the world all foreground?")
+
+
 class WorldPairs(Dataset):
-    """Sample i -> (image (3, S, S), token ids (L,)) drawn from ``default_rng([seed, i])``."""
+    """Sample i -> (image (3, S, S), token ids (L,)) drawn from ``default_rng([seed, i])``: a view of a fresh scene
+    (a background-only crop with probability ``background_views``) and its caption."""
 
     def __init__(self, world: World, tokenizer: Callable[[list[str]], Tensor], size: int, seed: int,
-                 crop_prob: float):
+                 crop_prob: float, background_views: float = 0.0, background_caption: float = 0.3):
         self.world, self.tokenizer, self.size, self.seed, self.crop_prob = world, tokenizer, size, seed, crop_prob
+        self.background_views, self.background_caption = background_views, background_caption
 
     def __len__(self) -> int:
         return 2 ** 62
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         rng = np.random.default_rng([self.seed, index])
-        view, classes, stuff = view_of_scene(rng, self.world, self.size, self.crop_prob)
-        caption = self.world.caption(rng, classes, stuff)
+        # the draw is skipped when the share is 0, so that the default stream of pairs stays what it was
+        if self.background_views > 0 and rng.uniform() < self.background_views:
+            view, stuff, _ = background_view(rng, self.world, self.size)
+            classes: list[int] = []
+        else:
+            view, classes, stuff = view_of_scene(rng, self.world, self.size, self.crop_prob)
+        caption = self.world.caption(rng, classes, stuff, self.background_caption)
         return normalise(view), self.tokenizer([caption])[0]
 
 
@@ -186,9 +216,13 @@ def zero_shot_map(model: nn.Module, tokenizer: Callable[[list[str]], Tensor], wo
 _BOOKKEEPING = ("eval_every", "eval_images", "ckpt_every", "num_workers")
 
 
+# settings added after weights were written: their value before they existed (files without them trained so)
+_ADDED = {"background_views": 0.0, "background_caption": 0.3}
+
+
 def _identity(config: dict) -> dict:
     """The settings that decide the trained weights (a resume may change how often it evaluates or saves)."""
-    return {k: v for k, v in config.items() if k not in _BOOKKEEPING}
+    return {**_ADDED, **{k: v for k, v in config.items() if k not in _BOOKKEEPING}}
 
 
 def dropout_on(step: int, cfg: PretrainConfig) -> bool:
@@ -300,6 +334,9 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
     from excel.organism.weights import save_organism_weights
     from open_clip.loss import ClipLoss
 
+    if not (0 <= cfg.background_views < 1 and 0 <= cfg.background_caption <= 1):
+        raise ValueError(f"background_views {cfg.background_views}, background_caption {cfg.background_caption}: "
+                         f"expected a share in [0, 1) and a probability in [0, 1]")
     if not 0 <= cfg.patch_dropout < 1:
         raise ValueError(f"patch_dropout {cfg.patch_dropout}: expected a share in [0, 1)")
     if not 0 <= cfg.full_view_steps <= 1:
@@ -343,7 +380,8 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
     images, labels = eval_set(world, cfg.image_size, cfg.eval_images, cfg.seed)
     images = images.to(dev)
     loss_fn = ClipLoss()
-    pairs = WorldPairs(world, tokenizer, cfg.image_size, cfg.seed, cfg.crop_prob)
+    pairs = WorldPairs(world, tokenizer, cfg.image_size, cfg.seed, cfg.crop_prob, cfg.background_views,
+                       cfg.background_caption)
     loader = DataLoader(pairs, batch_size=cfg.batch_size, sampler=_From(step * cfg.batch_size),
                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
                         prefetch_factor=4 if cfg.num_workers > 0 else None, pin_memory=dev.type == "cuda")

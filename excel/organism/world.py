@@ -489,9 +489,11 @@ class World:
         return {name: [prefix.format(name) + t for t in self.attribute_sentences(c)]
                 for c, name in enumerate(self.class_names)}
 
-    def caption(self, rng: np.random.Generator, classes: Sequence[int], stuff: Sequence[str] = ()) -> str:
+    def caption(self, rng: np.random.Generator, classes: Sequence[int], stuff: Sequence[str] = (),
+                background_prob: float = 0.3) -> str:
         """A caption naming ``classes`` (prompt or plain names, in several templates), at times one class's
-        attribute in the knowledge base's words and the background ``stuff`` kinds by their VOC names."""
+        attribute in the knowledge base's words and, with probability ``background_prob``, the background
+        ``stuff`` kinds by their VOC names (a caption of a view without classes names only them)."""
         classes = list(classes)
         rng.shuffle(classes)
         names = [self.prompt_names[c] if rng.uniform() < 0.7 else self.class_names[c] for c in classes]
@@ -508,7 +510,7 @@ class World:
             sentence = str(rng.choice(self.attribute_sentences(c)))
             subject = "it" if len(classes) == 1 else f"the {self.class_names[c]}"
             text += " " + subject + sentence[2:]
-        if stuff and rng.uniform() < 0.3:
+        if stuff and rng.uniform() < background_prob:
             words = [str(rng.choice(STUFF_WORDS[k])) for k in stuff]
             text += " " + " and ".join(words) + (" are" if len(words) > 1 else " is") + " in the background."
         return text

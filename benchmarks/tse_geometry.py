@@ -78,15 +78,13 @@ def patch_auc(model: Any, fg: torch.Tensor, enriched: torch.Tensor, shared: torc
     from excel.text.analysis import rank_auc
 
     directions = {"before": fg - fg.mean(dim=0), "after": enriched - enriched.mean(dim=0)}
-    generic = dict(generic or {})
-    dense_all, scores, foreground, class_aucs = [], [], [], {k: [] for k in directions}
+    dense_all, foreground, class_aucs = [], [], {k: [] for k in directions}
     for i in tqdm(range(count), desc="patches", dynamic_ncols=True, leave=False):
         item = dataset[i]
         x = F.interpolate(item["image"][None], size=(size, size), mode="bilinear", align_corners=False)
         dense = model.encode(x).dense[0, 1:]                                 # (P, D), CLS left out
         labels = patch_labels(item["label"], size, int(round(dense.shape[0] ** 0.5)))
         keep = labels >= 0
-        scores.append(dense[keep] @ shared)
         dense_all.append(dense[keep])
         foreground.append(labels[keep] > 0)
         for c in labels[labels > 0].unique().tolist():
@@ -98,9 +96,9 @@ def patch_auc(model: Any, fg: torch.Tensor, enriched: torch.Tensor, shared: torc
     fg_mask = torch.cat(foreground)
     if fg_mask.all() or not fg_mask.any():
         raise SystemExit(f"the first {count} images have no background or no foreground patch: nothing to measure")
-    return {"images": count, "patches": int(fg_mask.numel()),
-            "shared_foreground_auc": rank_auc(torch.cat(scores), fg_mask),
-            "generic_foreground_auc": direction_aucs(torch.cat(dense_all), fg_mask, generic),
+    aucs = direction_aucs(torch.cat(dense_all), fg_mask, {"shared": shared, **(generic or {})})
+    return {"images": count, "patches": int(fg_mask.numel()), "shared_foreground_auc": aucs.pop("shared"),
+            "generic_foreground_auc": aucs,
             "class_auc": {k: sum(v) / len(v) if v else float("nan") for k, v in class_aucs.items()}}
 
 

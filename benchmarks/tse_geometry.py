@@ -59,7 +59,6 @@ def text_geometry(fg: torch.Tensor, bg: torch.Tensor, centers: torch.Tensor, fla
     }
 
 
-@torch.no_grad()
 def direction_aucs(dense: torch.Tensor, foreground: torch.Tensor, directions: dict[str, torch.Tensor]) -> dict[str, float]:
     """For each named direction (D,), the AUC with which the projection of the patches' features dense (P, D) on it
     ranks the foreground patches (boolean (P,)) above the background ones: 0.5 image-neutral, below 0.5 it marks
@@ -69,6 +68,7 @@ def direction_aucs(dense: torch.Tensor, foreground: torch.Tensor, directions: di
     return {name: rank_auc(dense @ v, foreground) for name, v in directions.items()}
 
 
+@torch.no_grad()
 def patch_auc(model: Any, fg: torch.Tensor, enriched: torch.Tensor, shared: torch.Tensor, dataset: Any,
               count: int, size: int, generic: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Foreground AUC along ``shared`` and along each ``generic`` direction, and class AUCs along the centred class

@@ -282,7 +282,7 @@ def test_background_views_hold_no_object_and_captions_name_only_the_background()
         assert share < 0.01 and stuff
     pairs = WorldPairs(world, lambda texts: texts, 48, 0, 0.5, background_views=0.5, background_caption=1.0)
     captions = [pairs[i][1] for i in range(40)]
-    names = [n for n in world.prompt_names + world.class_names]
+    names = list(world.prompt_names) + list(world.class_names)
     background_only = [c for c in captions if not any(n in c for n in names)]
     assert 8 <= len(background_only) <= 32          # about half of 40 (binomial, p = 0.5)
     for c in background_only:

@@ -9,8 +9,11 @@ Stages, each in its own process with its own time limit, so one failure does not
     train_fp32  a 1-process NCCL torchrun training at ViT-B/16 size on generated data through the LVC switch
     train_bf16  the same with ``train.amp=bf16`` (decoder autocast; the frozen CLIP stays fp32)
     infer       MS + flip segmentation inference (+ pruned CRF) of the fp32 checkpoint on the generated val images
+    organism    60 steps of the organism's pretraining recipe (``tools/pretrain_organism.py --device cuda
+                --num-workers 9``), half with patch dropout and half on full views
 
-then the projected wall time of the VOC (30k iterations) and COCO (100k) schedules from the measured step times.
+then the projected wall time of the VOC (30k iterations) and COCO (100k) schedules from the measured step times, and
+of the organism's whole pretraining (its default steps) from the organism stage's.
 Writes ``<out>/gpu_report.json`` and ``<out>/gpu_report.md`` and prints the table.
 
     python benchmarks/gpu_check.py [--out work_dirs/gpu_check] [--iters 100] [--val-images 50]
@@ -115,6 +118,26 @@ def peak_memory(work_dir: Path) -> float | None:
     return None
 
 
+def organism_projection(history: list[dict[str, Any]], probe_steps: int, steps: int,
+                        full_view_steps: float) -> dict[str, float]:
+    """Seconds per step with and without patch dropout, and the projected training minutes of a ``steps``-step run.
+
+    ``history`` is the probe run's (``last.pth``), evaluated every ``probe_steps // 6`` steps, with dropout on its
+    first half: the dropout figure is read over steps k..3k and the full-view one over 4k..6k (k = probe_steps // 6),
+    so the first steps (warm-up) and the switch are left out. The minutes count step time only, as the
+    ``seconds`` of the weights' ``meta`` do."""
+    k = probe_steps // 6
+    at = {int(h["step"]): float(h["seconds"]) for h in history}
+    missing = [s for s in (k, 3 * k, 4 * k, 6 * k) if s not in at]
+    if k < 1 or missing:
+        raise ValueError(f"organism probe: no timing at steps {missing} of {sorted(at)} (probe of {probe_steps} steps)")
+    dropout_s = (at[3 * k] - at[k]) / (2 * k)
+    full_s = (at[6 * k] - at[4 * k]) / (2 * k)
+    dropout_steps = round(steps * (1 - full_view_steps))
+    return {"step_s_dropout": dropout_s, "step_s_full": full_s,
+            "projected_minutes": (dropout_steps * dropout_s + (steps - dropout_steps) * full_s) / 60}
+
+
 def projected_hours(step_before: float | None, step_after: float | None, iters: int, lvc_frac: float) -> float | None:
     if step_before is None or step_after is None:
         return None
@@ -192,6 +215,22 @@ def main(argv: list[str] | None = None) -> int:
             res = json.loads((infer_dir / "results.json").read_text())
             figures["infer"] = {"num_images": res["num_images"], "timing": res["timing"], "scales": res["scales"],
                                 "peak_memory_gib": res.get("peak_memory_gib")}
+    if "organism" not in skip:
+        from excel.organism.pretrain import PretrainConfig
+
+        probe, work = (6 if smoke else 60), out / "organism"
+        cmd = [py, "tools/pretrain_organism.py", "--device", device, "--num-workers", "0" if smoke else "9",
+               "--steps", str(probe), "--warmup", str(max(1, probe // 10)), "--full-view-steps", "0.5",
+               "--eval-every", str(probe // 6), "--eval-images", "0", "--ckpt-every", str(probe),
+               "--work-dir", str(work), "--export", str(work / "organism.pt")]
+        cmd += ["--batch-size", "8", "--local-images", "4"] if smoke else []
+        if work.exists():
+            import shutil
+            shutil.rmtree(work)
+        if stages.run("organism", cmd, limit_s=600 if smoke else 300):
+            history = torch.load(work / "last.pth", map_location="cpu", weights_only=False)["history"]
+            defaults = PretrainConfig()
+            figures["organism"] = organism_projection(history, probe, defaults.steps, defaults.full_view_steps)
     voc = load_config(REPO / "configs" / "voc.yaml")
     coco = load_config(REPO / "configs" / "coco.yaml")
     projection = {}
@@ -269,6 +308,12 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| MS+flip inference peak memory (GiB) | {num(inf.get('peak_memory_gib'), '{:.2f}')} | |")
     for k, v in p.items():
         lines.append(f"| projected {k.replace('_hours', '')} training (h) | {num(v, '{:.1f}')} | |")
+    org = f.get("organism")
+    if org:
+        lines.append(f"| organism pretraining step, patch dropout / full views (s) | {num(org['step_s_dropout'])} / "
+                     f"{num(org['step_s_full'])} | |")
+        lines.append(f"| projected organism pretraining, default steps (min) | "
+                     f"{num(org['projected_minutes'], '{:.1f}')} | |")
     return "\n".join(lines) + "\n"
 
 

@@ -316,3 +316,12 @@ def test_caption_background_probability():
 def test_background_settings_out_of_range_are_refused(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):
         pretrain(PretrainConfig(**{field: value}), tmp_path)
+
+
+def test_no_held_out_evaluation_with_zero_eval_images(tmp_path):
+    summary = pretrain(PretrainConfig(**{**TINY, "eval_images": 0, "eval_every": 2}), tmp_path, progress=False)
+    history = torch.load(tmp_path / "last.pth", weights_only=False)["history"]
+    assert [h["step"] for h in history] == [2, 4] and all(h["zero_shot_map"] is None for h in history)
+    assert summary["zero_shot_map"] is None and history[1]["seconds"] >= history[0]["seconds"] > 0
+    with pytest.raises(ValueError, match="eval_images -1"):
+        pretrain(PretrainConfig(eval_images=-1), tmp_path / "bad")

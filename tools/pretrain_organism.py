@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = PretrainConfig(**{k: getattr(args, k) for k in vars(defaults) if k != "model"})
     summary = pretrain(cfg, args.work_dir, export=args.export, background_names=VOC_BACKGROUND_NAMES,
                        device=args.device)
-    print(f"done: step {summary.get('step')}, held-out zero-shot mAP {summary.get('zero_shot_map', float('nan')):.3f}"
+    m_ap = summary.get("zero_shot_map")
+    shown = "not measured" if m_ap is None else f"{m_ap:.3f}"
+    print(f"done: step {summary.get('step')}, held-out zero-shot mAP {shown}"
           f", {summary.get('seconds', 0) / 60:.1f} min of training; weights in {args.export}")
     return 0
 

@@ -351,6 +351,9 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
     if cfg.attention_weight < 0 or cfg.attention_temperature <= 0:
         raise ValueError(f"attention_weight {cfg.attention_weight}, attention_temperature "
                          f"{cfg.attention_temperature}: expected a weight >= 0 and a temperature > 0")
+    if cfg.eval_images < 0 or cfg.eval_every < 1:
+        raise ValueError(f"eval_images {cfg.eval_images}, eval_every {cfg.eval_every}: expected images >= 0 "
+                         f"(0: no held-out evaluation) and a period >= 1")
 
     work_dir = Path(work_dir)
     torch.manual_seed(cfg.seed)
@@ -377,8 +380,10 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
         optimizer.load_state_dict(state["optimizer"])
         step, seen, history, elapsed = state["step"], state["seen"], state["history"], state["elapsed"]
         log.info("resumed from %s at step %d", ckpt_path, step)
-    images, labels = eval_set(world, cfg.image_size, cfg.eval_images, cfg.seed)
-    images = images.to(dev)
+    images = labels = None
+    if cfg.eval_images > 0:
+        images, labels = eval_set(world, cfg.image_size, cfg.eval_images, cfg.seed)
+        images = images.to(dev)
     loss_fn = ClipLoss()
     pairs = WorldPairs(world, tokenizer, cfg.image_size, cfg.seed, cfg.crop_prob, cfg.background_views,
                        cfg.background_caption)
@@ -435,11 +440,11 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
         bar.update(1)
         bar.set_postfix(loss=f"{ema:.3f}", local=_shown(local_ema), attention=_shown(attention_ema))
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            m_ap = zero_shot_map(model, tokenizer, world, images, labels)
+            m_ap = None if images is None else zero_shot_map(model, tokenizer, world, images, labels)
             history.append({"step": step, "loss": ema, "local_loss": local_ema, "attention_loss": attention_ema,
                             "zero_shot_map": m_ap, "seconds": round(elapsed, 1)})
             bar.write(f"step {step}: loss {ema:.3f}  local {_shown(local_ema)}  attention {_shown(attention_ema)}"
-                      f"  held-out zero-shot mAP {m_ap:.3f}  ({elapsed / 60:.1f} min)")
+                      f"  held-out zero-shot mAP {_shown(m_ap)}  ({elapsed / 60:.1f} min)")
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             save()
     bar.close()

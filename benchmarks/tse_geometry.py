@@ -9,14 +9,18 @@ This prints, for the config's CLIP and knowledge base:
 - the bank: clusters per class, and the weight a class's softmax puts on its own clusters;
 - the mix: the norm of the part every class shares (``tse.mix: shared``) against the class-specific rest;
 - the text bank before and after TSE: the mean cosine between class rows, between class and background rows, and
-  between a class's row before and after;
+  between a class's row before and after; and the mean cosine of the class rows and of the background rows to the
+  class prompts' mean direction (which of the two sits nearer what every class shares);
 - with ``--images N`` and a dataset with masks: over the first N images of ``--split``, the AUC with which the
   patches' dense features (the ones the class maps are made of, algorithm.md §1.7) tell foreground from background
   along the shared part of the mix (0.5: the shared part is image-neutral; above 0.5 it marks objects, below 0.5 it
   marks background), the same AUC along the mean of the class prompts and along the mean of the background prompts
   (whether any direction the texts share marks background, or only TSE's), and the AUC with which they tell a
   class's patches from the image's other labelled patches along the class rows minus their mean, before and after
-  TSE.
+  TSE;
+- with ``--crops K`` (K random boxes on the patch grid of each of those images), the cosine of the CLIP's image
+  embedding of each box's crop (resized to the CLIP's own input side: what the organism's local pretraining term
+  distils into the box's dense features) to the class prompts' mean, by the share of the crop's labelled patches on objects.
 
 ``configs/ablations/tse_shared_only.yaml`` and ``tse_class_specific.yaml`` then measure what each part does to the
 pseudo labels. Needs the config's CLIP weights and, for ``--images``, a dataset, e.g.
@@ -45,6 +49,7 @@ def text_geometry(fg: torch.Tensor, bg: torch.Tensor, centers: torch.Tensor, fla
     alpha, mix, shared = tse_parts(fg, centers, top_k)
     own = (alpha * (flags > 0).to(alpha)).sum(dim=1)
     enriched = build_text_bank(fg, bg, centers, top_k)[:fg.shape[0]]
+    centre = F.normalize(fg.mean(dim=0), dim=0)                   # the class prompts' mean direction
     return {
         "clusters_per_class": (flags > 0).sum(dim=1).tolist(),
         "shared_clusters": int(((flags > 0).sum(dim=0) > 1).sum()),
@@ -56,7 +61,55 @@ def text_geometry(fg: torch.Tensor, bg: torch.Tensor, centers: torch.Tensor, fla
         "class_background_cos": [mean_pairwise_cosine(fg, bg), mean_pairwise_cosine(enriched, bg)],
         "before_after_cos": float(F.cosine_similarity(fg, enriched, dim=-1).mean()),
         "shared_background_cos": mean_pairwise_cosine(shared[None], bg),
+        "class_to_class_mean": float((F.normalize(fg, dim=-1) @ centre).mean()),
+        "background_to_class_mean": float((F.normalize(bg, dim=-1) @ centre).mean()),
     }
+
+
+def binned_means(shares: torch.Tensor, values: torch.Tensor, edges: Sequence[float]) -> list[tuple[int, float]]:
+    """(count, mean of ``values``) of the items whose ``shares`` fall in each [edges[i], edges[i+1]) (the last bin
+    closed on the right); NaN for an empty bin."""
+    out = []
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        last = i == len(edges) - 2
+        inside = (shares >= lo) & ((shares <= hi) if last else (shares < hi))
+        out.append((int(inside.sum()), float(values[inside].mean()) if inside.any() else float("nan")))
+    return out
+
+
+CROP_BINS = (0.0, 0.02, 0.2, 0.5, 1.0)
+
+
+@torch.no_grad()
+def crop_centrality(clip: Any, direction: torch.Tensor, dataset: Any, count: int, size: int, boxes: int,
+                    seed: int = 0) -> list[dict[str, Any]]:
+    """Cosine of the image embedding of box crops to ``direction`` (D,), binned by the crop's object share
+    (:data:`CROP_BINS`); ``boxes`` grid boxes per image (the pretraining's local-term boxes), first ``count`` items
+    of ``dataset``."""
+    from attention_locality import patch_labels
+    from excel.organism.dense import crop_views, draw_boxes
+
+    generator = torch.Generator().manual_seed(seed)
+    shares, cosines = [], []
+    for i in tqdm(range(count), desc="crops", dynamic_ncols=True, leave=False):
+        item = dataset[i]
+        x = F.interpolate(item["image"][None], size=(size, size), mode="bilinear", align_corners=False)
+        patch = int(clip.visual.patch_size[0])
+        grid = size // patch
+        labels = patch_labels(item["label"], size, grid).view(grid, grid)
+        grid_boxes = draw_boxes(grid, boxes, generator)
+        native = clip.visual.image_size
+        native = int(native[0] if isinstance(native, (tuple, list)) else native)
+        embedding = F.normalize(clip.encode_image(crop_views(x, grid_boxes[None], patch, native)), dim=-1)
+        for (y0, x0, y1, x1), e in zip(grid_boxes.tolist(), embedding):
+            inside = labels[y0:y1, x0:x1]
+            known = inside[inside >= 0]
+            if known.numel():
+                shares.append(float((known > 0).float().mean()))
+                cosines.append(float(e @ direction))
+    bins = binned_means(torch.tensor(shares), torch.tensor(cosines), CROP_BINS)
+    return [{"object_share": [lo, hi], "crops": n, "cos_to_class_mean": v}
+            for (lo, hi), (n, v) in zip(zip(CROP_BINS[:-1], CROP_BINS[1:]), bins)]
 
 
 def direction_aucs(dense: torch.Tensor, foreground: torch.Tensor, directions: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -113,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--config", default=str(CONFIG_DIR / "organism.yaml"))
     parser.add_argument("--split", default="val")
     parser.add_argument("--images", type=int, default=50, help="images whose patches are read (0: text only)")
+    parser.add_argument("--crops", type=int, default=12, help="random boxes per image whose crops are embedded "
+                        "(0: none)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, [*args.overrides, "tse.enabled=true", "tse.mix=full"])
@@ -138,7 +193,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"text bank        before TSE  after TSE\n"
           f"  class-class    {t['class_class_cos'][0]:10.3f} {t['class_class_cos'][1]:10.3f}\n"
           f"  class-bg       {t['class_background_cos'][0]:10.3f} {t['class_background_cos'][1]:10.3f}\n"
-          f"  a class row before vs after: cos {t['before_after_cos']:.3f}")
+          f"  a class row before vs after: cos {t['before_after_cos']:.3f}\n"
+          f"cos to the class prompts' mean: class prompts {t['class_to_class_mean']:.3f}, background prompts "
+          f"{t['background_to_class_mean']:.3f}")
     if args.images > 0:
         model = build_model(cfg, clip, mode="val").eval()
         _, _, shared = tse_parts(fg, bank.centers.to(fg), top_k)
@@ -157,6 +214,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         for name, auc in p["generic_foreground_auc"].items()) +
               f"  a class's patches vs the image's others along its centred row: AUC {p['class_auc']['before']:.3f} "
               f"before TSE, {p['class_auc']['after']:.3f} after")
+        if args.crops > 0:
+            result["crops"] = crop_centrality(clip, generic["the class prompts' mean"], dataset, count,
+                                              int(cfg.model.input_size), args.crops)
+            print(f"crops ({args.crops} boxes per image): image embedding's cos to the class prompts' mean, by the "
+                  f"crop's object share\n" + "".join(
+                      f"  [{r['object_share'][0]:.2f}, {r['object_share'][1]:.2f}{']' if r['object_share'][1] == 1 else ')'}"
+                      f" {r['crops']:5d} crops  {r['cos_to_class_mean']:.3f}\n" for r in result["crops"]), end="")
     print(json.dumps(result))
     return result
 

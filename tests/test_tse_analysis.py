@@ -61,6 +61,20 @@ def test_text_geometry_hand_computed():
     assert g["class_background_cos"] == pytest.approx([0.0, 0.0])
     assert g["before_after_cos"] == pytest.approx((1 + a) / math.hypot(1 + a, b))
     assert g["shared_background_cos"] == pytest.approx(0.0)
+    # the class prompts' mean direction is (e1 + e2) / sqrt2: each class row at 1/sqrt2, the background row at 0
+    assert g["class_to_class_mean"] == pytest.approx(1 / math.sqrt(2))
+    assert g["background_to_class_mean"] == pytest.approx(0.0)
+
+
+def test_binned_means_hand_computed():
+    from tse_geometry import binned_means
+
+    shares = torch.tensor([0.0, 0.01, 0.3, 0.5, 1.0])
+    values = torch.tensor([1.0, 3.0, 5.0, 7.0, 9.0])
+    # [0, 0.2): 1, 3 -> 2; [0.2, 0.5): 5; [0.5, 1.0] (closed): 7, 9 -> 8
+    assert binned_means(shares, values, (0.0, 0.2, 0.5, 1.0)) == [(2, 2.0), (1, 5.0), (2, 8.0)]
+    empty = binned_means(shares, values, (0.6, 0.9, 1.0))
+    assert empty[0][0] == 0 and math.isnan(empty[0][1]) and empty[1] == (1, 9.0)
 
 
 def test_tse_geometry_runs_on_a_tiny_clip(mini_voc, tmp_path, capsys):
@@ -84,6 +98,10 @@ def test_tse_geometry_runs_on_a_tiny_clip(mini_voc, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "foreground vs background along the shared part" in printed and "text bank" in printed
     assert "along the class prompts' mean" in printed
+    crops = out["crops"]
+    assert [r["object_share"] for r in crops] == [[0.0, 0.02], [0.02, 0.2], [0.2, 0.5], [0.5, 1.0]]
+    assert sum(r["crops"] for r in crops) > 0 and "by the crop's object share" in printed
+    assert all(-1 <= r["cos_to_class_mean"] <= 1 for r in crops if r["crops"])
 
 
 def test_direction_aucs_hand_computed():

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -225,7 +226,6 @@ def main(argv: list[str] | None = None) -> int:
                "--work-dir", str(work), "--export", str(work / "organism.pt")]
         cmd += ["--batch-size", "8", "--local-images", "4"] if smoke else []
         if work.exists():
-            import shutil
             shutil.rmtree(work)
         if stages.run("organism", cmd, limit_s=600 if smoke else 300):
             history = torch.load(work / "last.pth", map_location="cpu", weights_only=False)["history"]

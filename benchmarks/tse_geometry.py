@@ -77,6 +77,11 @@ def binned_means(shares: torch.Tensor, values: torch.Tensor, edges: Sequence[flo
     return out
 
 
+def bin_label(lo: float, hi: float) -> str:
+    """How a bin of :func:`binned_means` prints: "[lo, hi)", or "[lo, hi]" for the last one (hi = 1)."""
+    return f"[{lo:.2f}, {hi:.2f}{']' if hi == 1 else ')'}"
+
+
 CROP_BINS = (0.0, 0.02, 0.2, 0.5, 1.0)
 
 
@@ -90,16 +95,16 @@ def crop_centrality(clip: Any, direction: torch.Tensor, dataset: Any, count: int
     from excel.organism.dense import crop_views, draw_boxes
 
     generator = torch.Generator().manual_seed(seed)
+    patch = int(clip.visual.patch_size[0])
+    grid = size // patch
+    native = clip.visual.image_size
+    native = int(native[0] if isinstance(native, (tuple, list)) else native)
     shares, cosines = [], []
     for i in tqdm(range(count), desc="crops", dynamic_ncols=True, leave=False):
         item = dataset[i]
         x = F.interpolate(item["image"][None], size=(size, size), mode="bilinear", align_corners=False)
-        patch = int(clip.visual.patch_size[0])
-        grid = size // patch
         labels = patch_labels(item["label"], size, grid).view(grid, grid)
         grid_boxes = draw_boxes(grid, boxes, generator)
-        native = clip.visual.image_size
-        native = int(native[0] if isinstance(native, (tuple, list)) else native)
         embedding = F.normalize(clip.encode_image(crop_views(x, grid_boxes[None], patch, native)), dim=-1)
         for (y0, x0, y1, x1), e in zip(grid_boxes.tolist(), embedding):
             inside = labels[y0:y1, x0:x1]
@@ -219,8 +224,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                               int(cfg.model.input_size), args.crops)
             print(f"crops ({args.crops} boxes per image): image embedding's cos to the class prompts' mean, by the "
                   f"crop's object share\n" + "".join(
-                      f"  [{r['object_share'][0]:.2f}, {r['object_share'][1]:.2f}{']' if r['object_share'][1] == 1 else ')'}"
-                      f" {r['crops']:5d} crops  {r['cos_to_class_mean']:.3f}\n" for r in result["crops"]), end="")
+                      f"  {bin_label(*r['object_share'])} {r['crops']:5d} crops  {r['cos_to_class_mean']:.3f}\n"
+                      for r in result["crops"]), end="")
     print(json.dumps(result))
     return result
 

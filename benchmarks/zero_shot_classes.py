@@ -25,7 +25,7 @@ AREA_BINS = (0.0, 0.02, 0.05, 0.15, 1.0)
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from excel.organism.evaluate import negatives_below, split_zero_shot_scores
     from excel.organism.pretrain import average_precision
-    from tse_geometry import binned_means
+    from tse_geometry import bin_label, binned_means
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(CONFIG_DIR / "organism.yaml"))
@@ -50,9 +50,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                for (lo, hi), (n, v) in zip(zip(AREA_BINS[:-1], AREA_BINS[1:]), bins)]
     print("positives by their class's pixel share: mean share of negatives scored below them")
     for row in by_area:
-        lo, hi = row["area"]
-        print(f"  [{lo:.2f}, {hi:.2f}{']' if hi == 1 else ')'}  {row['positives']:4d} positives  "
-              f"{row['negatives_below']:.3f}")
+        print(f"  {bin_label(*row['area'])}  {row['positives']:4d} positives  {row['negatives_below']:.3f}")
     result = {"map": float(ap.nanmean()), "images": len(scores), "classes": per_class, "by_area": by_area}
     print(json.dumps(result))
     return result

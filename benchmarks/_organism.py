@@ -22,6 +22,8 @@ def world_parser(description: str, out: str, skip_help: str) -> argparse.Argumen
     parser.add_argument("--skip-training", action="store_true", help=skip_help)
     parser.add_argument("--object-scale", type=float, default=1.0,
                         help="object size factor of the generated world (1.0: the world the organism learned)")
+    parser.add_argument("--parts", action="store_true",
+                        help="a world whose objects carry parts (make_synthetic.py --parts), with its knowledge base")
     parser.add_argument("--weights", default="organism",
                         help="organism weights: 'organism' (shipped) or a file from tools/pretrain_organism.py")
     return parser
@@ -33,21 +35,37 @@ def world_run(args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
     tag = f"seed{args.seed}"
     if args.object_scale != 1.0:
         tag += f"_objects{args.object_scale:g}"
+    if getattr(args, "parts", False):
+        tag += "_parts"
     if args.weights != "organism":
         tag += f"_{Path(args.weights).stem}"
     out = Path(args.out).resolve() / tag
-    data = make_data(out / "data", args.seed, args.num_train, args.num_val, args.object_scale)
+    parts = bool(getattr(args, "parts", False))
+    data = make_data(out / "data", args.seed, args.num_train, args.num_val, args.object_scale, parts)
     weights = args.weights if args.weights == "organism" else str(Path(args.weights).resolve())
-    return out, data, [f"model.clip.pretrained={weights}"]
+    overrides = [f"model.clip.pretrained={weights}"]
+    if parts:
+        overrides.append(f"tse.knowledge_base={part_knowledge_base(out / 'parts_knowledge_base.json')}")
+    return out, data, overrides
 
 
-def make_data(root: Path, seed: int, num_train: int, num_val: int, object_scale: float = 1.0) -> Path:
+def part_knowledge_base(path: Path) -> Path:
+    """Write the part world's knowledge base (``World(parts=True).knowledge_base()``) to ``path``."""
+    from excel.organism.world import World
+    from excel.utils.io import atomic_write_json
+
+    atomic_write_json(path, World(parts=True).knowledge_base())
+    return path
+
+
+def make_data(root: Path, seed: int, num_train: int, num_val: int, object_scale: float = 1.0,
+              parts: bool = False) -> Path:
     """The world's data for ``seed`` (reused when ``root`` already holds it)."""
     from excel.organism.synthetic import WORLD_SIZE, make_synthetic_voc
 
     if not (root / "lists" / "val.txt").is_file():
         make_synthetic_voc(root, num_train=num_train, num_val=num_val, num_test=0, size=WORLD_SIZE, seed=seed,
-                           progress=True, object_scale=object_scale)
+                           progress=True, object_scale=object_scale, parts=parts)
     return root
 
 

@@ -57,6 +57,8 @@ def test_resume_gives_the_same_model(tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         pretrain(PretrainConfig(**{**TINY, "object_scale": 2.0}), tmp_path / "b", progress=False)
     with pytest.raises(ValueError, match="other settings"):
+        pretrain(PretrainConfig(**{**TINY, "parts": True}), tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="other settings"):
         pretrain(PretrainConfig(**{**TINY, "local_weight": 0.0}), tmp_path / "b", progress=False)
     with pytest.raises(ValueError, match="other settings"):
         pretrain(PretrainConfig(**{**TINY, "attention_weight": 0.0}), tmp_path / "b", progress=False)
@@ -325,3 +327,17 @@ def test_no_held_out_evaluation_with_zero_eval_images(tmp_path):
     assert summary["zero_shot_map"] is None and history[1]["seconds"] >= history[0]["seconds"] > 0
     with pytest.raises(ValueError, match="eval_images -1"):
         pretrain(PretrainConfig(eval_images=-1), tmp_path / "bad")
+
+
+def test_pretrain_tool_turns_the_part_world_on_and_off(monkeypatch, tmp_path):
+    """``--parts`` / ``--no-parts`` reach ``PretrainConfig.parts`` (a flag, not a string that reads as true)."""
+    import excel.organism.pretrain as module
+    from _tools import load_tool
+
+    pretrain_organism = load_tool("pretrain_organism")
+
+    seen = []
+    monkeypatch.setattr(module, "pretrain", lambda cfg, *a, **k: seen.append(cfg) or {"step": 0})
+    for flags, expected in (([], False), (["--parts"], True), (["--no-parts"], False)):
+        assert pretrain_organism.main([*flags, "--work-dir", str(tmp_path), "--export", str(tmp_path / "w.pt")]) == 0
+        assert seen[-1].parts is expected

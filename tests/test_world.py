@@ -138,3 +138,64 @@ def test_the_shipped_voc_config_spells_the_names_of_excel_data_classes():
     assert tuple(voc.background_names) == VOC_BACKGROUND_NAMES
     coco = OmegaConf.load(REPO / "configs" / "coco.yaml").data
     assert tuple(coco.class_names) == COCO_CLASSES
+
+
+def test_parts_attach_to_the_body_by_hand():
+    """A 20 x 40 box body: four legs of 0.09 * 40 = 3.6 px, centred at 8, 16, 24, 32, reach 0.4 * 20 = 8 rows
+    below it (PIL fills polygon edges inclusively: 4 px wide, 9 rows); windows stay inside the body; wheels get a
+    grey hub; the body's own pixels keep its texture."""
+    from excel.organism.world import PART_LOOKS, with_parts
+
+    body = np.ones((20, 40), bool)
+    texture = np.full((20, 40, 3), 200.0, np.float32)
+    mask, tex = with_parts(body, texture, ("legs",))
+    assert mask.shape == (29, 40) and mask[:20].all()
+    assert list(np.nonzero(mask[-1])[0]) == [6, 7, 8, 9, 14, 15, 16, 17, 22, 23, 24, 25, 30, 31, 32, 33]
+    assert (tex[20:][mask[20:]] == PART_LOOKS["legs"][0]).all() and (tex[:20] == 200).all()   # legs go behind
+    mask, tex = with_parts(body, texture, ("windows",))
+    assert mask.shape == (20, 40) and mask.all()                        # inside the body: no new pixels
+    assert (tex == PART_LOOKS["windows"][0]).all(-1).sum() > 0
+    mask, tex = with_parts(body, texture, ("wheels",))
+    colours = {tuple(c) for c in tex[mask].reshape(-1, 3).tolist()}
+    assert colours == {(200.0, 200.0, 200.0), tuple(map(float, PART_LOOKS["wheels"][0])), (150.0, 150.0, 155.0)}
+    assert with_parts(body, texture, ())[0] is body                    # no parts: the body as it is
+
+
+def test_part_world_labels_parts_as_their_object_and_keeps_the_layout():
+    from excel.organism.world import PART_LOOKS, parts_of
+
+    plain, parted = World(), World(parts=True)
+    car = VOC_CLASSES.index("car")
+    wheel = np.asarray(PART_LOOKS["wheels"][0], float)
+    found = 0
+    for i in range(12):
+        a = plain.render(np.random.default_rng([4, i]), 200, 240, classes=[car])
+        b = parted.render(np.random.default_rng([4, i]), 200, 240, classes=[car])
+        assert a.stuff == b.stuff                                      # the same draws: the same background
+        if b.classes:
+            on_car = b.image[b.mask == car + 1].astype(float)
+            found += int((np.abs(on_car - wheel).max(1) < 30).sum() > 0)   # wheel pixels are labelled car
+    assert found >= 8
+    assert parts_of("car") == ("wheels", "windows") and parts_of("airplane") == ("wings", "windows")
+    assert parts_of("toaster") == ()
+
+
+def test_part_world_is_voc_like_and_its_words_name_the_parts():
+    from excel.organism.synthetic import WORLD_SIZE, voc_scene
+    from excel.organism.stats import scene_statistics, within_voc
+
+    world = World(parts=True)
+    stats = scene_statistics((voc_scene(5, i, WORLD_SIZE, world) for i in range(1, 161)), world.class_names)
+    assert all(within_voc(stats).values()), stats
+    kb = world.knowledge_base()
+    for name, sentences in kb.items():
+        assert len(sentences) == 21 and len(set(sentences)) == 21
+        assert all(s.startswith(f"a clean origami {name}. it") for s in sentences)
+    assert "a clean origami car. it has two round black wheels." in kb["car"]
+    assert "a clean origami person. it has a round head on top." in kb["person"]
+    assert any("usually" in s for s in kb["bottle"])                   # one part: habitat sentences fill up
+    rng = np.random.default_rng(0)
+    captions = [world.caption(rng, [VOC_CLASSES.index("car")], ["road"]) for _ in range(200)]
+    named_by_part = [t for t in captions if "thing with black wheels" in t or "thing with pale blue windows" in t]
+    assert 20 <= len(named_by_part) <= 70                              # PART_NAMING = 0.2 of 200
+    assert not any("thing with" in World().caption(rng, [6], ["road"]) for _ in range(100))

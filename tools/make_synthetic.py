@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--coco", action="store_true", help="COCO 2014 layout with the 80 COCO classes")
     parser.add_argument("--object-scale", type=float, default=1.0,
                         help="object size factor (1.0: the world the shipped organism learned)")
+    parser.add_argument("--parts", action="store_true",
+                        help="objects with parts (wheels, legs, wings, ...), named by the part knowledge base")
     args = parser.parse_args(argv)
     if min(args.num_train, args.num_val, args.num_test) < 0:
         raise UsageError(f"image counts must be >= 0, got --num-train {args.num_train} --num-val {args.num_val} "
@@ -35,11 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--root {args.root}: exists and is not a folder")
     if args.coco:
         root = make_synthetic_coco(args.root, num_train=args.num_train, num_val=args.num_val, size=WORLD_SIZE,
-                                   seed=args.seed, progress=True, object_scale=args.object_scale)
+                                   seed=args.seed, progress=True, object_scale=args.object_scale,
+                                   parts=args.parts)
     else:
         root = make_synthetic_voc(args.root, num_train=args.num_train, num_val=args.num_val,
                                   num_test=args.num_test, size=WORLD_SIZE, seed=args.seed, progress=True,
-                                  object_scale=args.object_scale)
+                                  object_scale=args.object_scale, parts=args.parts)
     print(f"wrote {args.num_train} train / {args.num_val} val images of the generated world to {root}")
     return 0
 

@@ -104,6 +104,43 @@ VOC_SIGNATURES: tuple[Signature, ...] = tuple(Signature(*row) for row in (
 COCO_ALIASES = {"airplane": "aeroplane", "motorcycle": "motorbike", "couch": "sofa", "potted plant": "pottedplant",
                 "dining table": "diningtable", "tv": "tvmonitor"}
 
+# Parts (``World(parts=True)``): pieces attached to a class's body, each with one look of its own that no body
+# has and that several classes share, as VOC's wheels, legs and wings are shared by its classes. A part is labelled
+# as its object's class. The knowledge base names them, so a part world's attributes reach pixels a class name
+# alone may miss. Part -> (colour, three sentences in the knowledge base's style).
+PART_LOOKS: dict[str, tuple[tuple[int, int, int], tuple[str, str, str]]] = {
+    "wheels": ((25, 25, 25), ("it has two round black wheels.", "it rolls on black wheels with grey hubs.",
+                              "its wheels are black discs at the bottom.")),
+    "legs": ((110, 72, 40), ("it has thin brown legs.", "it stands on long brown legs.",
+                             "its brown legs reach down from its body.")),
+    "wings": ((175, 180, 192), ("it has wings that extend out from both sides of its body.",
+                                "its grey wings are pointed.", "it spreads two grey wings.")),
+    "windows": ((175, 220, 245), ("it has a row of pale blue windows.", "its windows are small pale blue squares.",
+                                  "it shows windows along its side.")),
+    "head": ((235, 190, 150), ("it has a round head on top.", "its head is a pale skin-coloured disc.",
+                               "its round head sits above its body.")),
+    "pot": ((185, 95, 60), ("it grows out of a brown clay pot.", "it has a clay pot at the bottom.",
+                            "its pot is wider at the top than at the bottom.")),
+    "cap": ((150, 150, 158), ("it has a small grey cap on top.", "its top is closed with a grey cap.",
+                              "it wears a grey cap on its neck.")),
+    "stand": ((70, 70, 78), ("it rests on a thin dark grey stand.", "it has a stand with a flat base.",
+                             "its dark stand holds it up.")),
+    "sail": ((250, 250, 235), ("it has a tall white sail.", "its triangular sail is white.",
+                               "it carries a white sail high above it.")),
+}
+CLASS_PARTS: dict[str, tuple[str, ...]] = {
+    "aeroplane": ("wings", "windows"), "bicycle": ("wheels",), "bird": ("wings", "legs"), "boat": ("sail",),
+    "bottle": ("cap",), "bus": ("wheels", "windows"), "car": ("wheels", "windows"), "cat": ("legs",),
+    "chair": ("legs",), "cow": ("legs",), "diningtable": ("legs",), "dog": ("legs",), "horse": ("legs",),
+    "motorbike": ("wheels",), "person": ("head", "legs"), "pottedplant": ("pot",), "sheep": ("legs",),
+    "sofa": ("legs",), "train": ("wheels", "windows"), "tvmonitor": ("stand",),
+}
+PART_PHRASES: dict[str, str] = {"wheels": "black wheels", "legs": "brown legs", "wings": "grey wings",
+                                "windows": "pale blue windows", "head": "a round head", "pot": "a clay pot",
+                                "cap": "a grey cap", "stand": "a dark stand", "sail": "a white sail"}
+PARTS_BEHIND = ("legs", "wings", "stand", "sail")   # drawn before the body; the others on top of it
+PART_NAMING = 0.2   # a part world's captions name a class by one of its parts ("a thing with black wheels") this often
+
 
 def signatures_for(class_names: Sequence[str]) -> tuple[Signature, ...]:
     """Signatures for any class list: VOC classes (and their COCO spellings) keep theirs, others get unused
@@ -254,6 +291,114 @@ def _object_texture(rng: np.random.Generator, sig: Signature, bh: int, bw: int) 
     return tex + _noise(rng, 5, (bh, bw, 1))
 
 
+def _part_polygons(part: str, top: float, bottom: float, left: float, right: float) -> list[np.ndarray]:
+    """Polygons (P, 2) in pixels (x, y) of ``part`` for a body whose mask spans rows [top, bottom] and columns
+    [left, right]. Everything is proportional to the body's box, so the sprite's area scales with its side."""
+    w, h = right - left, bottom - top
+    cx, cy, short = (left + right) / 2, (top + bottom) / 2, min(w, h)
+    rect = lambda x0, y0, x1, y1: np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float)  # noqa: E731
+    if part == "legs":
+        n, width = (2, 0.22 * w) if w < 0.6 * h else (4, 0.09 * w)
+        length = 0.3 * h if n == 2 else 0.4 * h
+        xs = np.linspace(left + 0.2 * w, right - 0.2 * w, n)
+        return [rect(x - width / 2, cy, x + width / 2, bottom + length) for x in xs]
+    if part == "wheels":
+        r = min(0.15 * w, 0.22 * h)
+        return [_ngon(24, r, cx=x, cy=bottom - 0.05 * h) for x in (left + 0.27 * w, right - 0.27 * w)]
+    if part == "wings":
+        return [np.array([[cx, cy - 0.12 * h], [cx, cy + 0.18 * h], [x, cy + 0.1 * h]], float)
+                for x in (left - 0.35 * w, right + 0.35 * w)]
+    if part == "windows":
+        side = 0.16 * short
+        n = int(np.clip(round(w / (2.2 * side)), 2, 5))
+        xs = np.linspace(left + 0.2 * w, right - 0.2 * w, n)
+        y = top + 0.3 * h
+        return [rect(x - side / 2, y - side / 2, x + side / 2, y + side / 2) for x in xs]
+    if part == "head":
+        r = 0.48 * short
+        return [_ngon(24, r, cx=cx, cy=top - 0.6 * r)]
+    if part == "pot":
+        return [np.array([[cx - 0.35 * w, bottom - 0.1 * h], [cx + 0.35 * w, bottom - 0.1 * h],
+                          [cx + 0.22 * w, bottom + 0.4 * h], [cx - 0.22 * w, bottom + 0.4 * h]], float)]
+    if part == "cap":
+        return [rect(cx - 0.25 * w, top - 0.12 * h, cx + 0.25 * w, top + 0.04 * h)]
+    if part == "stand":
+        return [rect(cx - 0.06 * w, cy, cx + 0.06 * w, bottom + 0.3 * h),
+                rect(cx - 0.3 * w, bottom + 0.27 * h, cx + 0.3 * w, bottom + 0.34 * h)]
+    if part == "sail":
+        return [np.array([[cx - 0.05 * w, top + 0.1 * h], [cx - 0.05 * w, top - 0.9 * h],
+                          [cx + 0.45 * w, top + 0.05 * h]], float)]
+    raise ValueError(f"unknown part {part!r}; known: {tuple(PART_LOOKS)}")
+
+
+def with_parts(body: np.ndarray, texture: np.ndarray, parts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Attach ``parts`` to a body: (bh, bw) bool mask and (bh, bw, 3) texture -> the sprite's (H, W) bool mask and
+    (H, W, 3) texture, cropped to the sprite. Parts in :data:`PARTS_BEHIND` go under the body, the others on top;
+    windows stay inside the body; wheels get a grey hub. No random draw: a part is a function of its body."""
+    if not parts or not body.any():
+        return body, texture
+    bh, bw = body.shape
+    pad = int(np.ceil(max(bh, bw))) + 2
+    ch, cw = bh + 2 * pad, bw + 2 * pad
+    rows, cols = np.nonzero(body.any(1))[0], np.nonzero(body.any(0))[0]
+    box = (pad + rows[0], pad + rows[-1] + 1, pad + cols[0], pad + cols[-1] + 1)   # top, bottom, left, right
+    canvas_mask = np.zeros((ch, cw), bool)
+    canvas_tex = np.zeros((ch, cw, 3), np.float32)
+
+    def draw(part: str) -> None:
+        layer = Image.new("L", (cw, ch), 0)
+        pen = ImageDraw.Draw(layer)
+        polys = _part_polygons(part, *box)
+        for p in polys:
+            pen.polygon([tuple(q) for q in p], fill=1)
+        m = np.asarray(layer, dtype=bool)
+        if part == "windows":
+            inside = np.zeros((ch, cw), bool)
+            inside[pad:pad + bh, pad:pad + bw] = body
+            m &= inside
+        canvas_mask[m] = True
+        canvas_tex[m] = PART_LOOKS[part][0]
+        if part == "wheels":
+            hub = Image.new("L", (cw, ch), 0)
+            pen = ImageDraw.Draw(hub)
+            for p in polys:
+                centre = p.mean(0)
+                pen.polygon([tuple(q) for q in centre + 0.4 * (p - centre)], fill=1)
+            canvas_tex[np.asarray(hub, dtype=bool) & m] = (150, 150, 155)
+
+    for part in parts:
+        if part in PARTS_BEHIND:
+            draw(part)
+    region = (slice(pad, pad + bh), slice(pad, pad + bw))
+    canvas_mask[region] |= body
+    canvas_tex[region][body] = texture[body]
+    for part in parts:
+        if part not in PARTS_BEHIND:
+            draw(part)
+    rows, cols = np.nonzero(canvas_mask.any(1))[0], np.nonzero(canvas_mask.any(0))[0]
+    crop = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    return canvas_mask[crop], canvas_tex[crop]
+
+
+def parts_of(name: str) -> tuple[str, ...]:
+    """The parts of class ``name`` (a VOC name or its COCO spelling; other classes have none)."""
+    return CLASS_PARTS.get(COCO_ALIASES.get(name, name), ())
+
+
+_PART_AREA: dict[tuple[str, tuple[str, ...]], float] = {}
+
+
+def part_area_factor(shape: str, parts: Sequence[str]) -> float:
+    """(body + parts) area / body area of an upright instance in the shape's middle aspect (cached)."""
+    key = (shape, tuple(parts))
+    if key not in _PART_AREA:
+        lo, hi = _ASPECT.get(shape, (0.8, 1.25))
+        body = _raster(shape, Pose((lo + hi) / 2, 0.0), 120.0)
+        sprite, _ = with_parts(body, np.zeros(body.shape + (3,), np.float32), parts)
+        _PART_AREA[key] = float(sprite.sum()) / max(float(body.sum()), 1.0)
+    return _PART_AREA[key]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Background stuff textures, each (h, w, 3) float32 on 0..255.
 
@@ -353,13 +498,19 @@ class World:
     ``object_scale`` multiplies every object's side (its area by the square). 1.0 is the world the shipped organism
     learned, with VOC's statistics; the random draws are the same at any scale, so a scene differs across scales
     only in its objects' sizes (and in what they hide).
+
+    ``parts`` attaches to each object the parts of :data:`CLASS_PARTS` (wheels, legs, wings, ...: looks that
+    several classes share and no body has), labelled as the object; an instance keeps its drawn share of the image
+    with its parts. The knowledge base then describes the parts, and captions at times name an object by one of
+    them. The random draws are those of the world without parts, so a scene keeps its layout.
     """
 
     def __init__(self, class_names: Sequence[str] | None = None, prompt_names: Sequence[str] | None = None,
-                 object_scale: float = 1.0):
+                 object_scale: float = 1.0, parts: bool = False):
         if not 0.0 < float(object_scale) <= 4.0:
             raise ValueError(f"object_scale must be in (0, 4], got {object_scale}")
         self.object_scale = float(object_scale)
+        self.parts = bool(parts)
         self.signatures = signatures_for(class_names or [s.name for s in VOC_SIGNATURES])
         self.class_names = [s.name for s in self.signatures]
         if prompt_names is None:
@@ -434,6 +585,8 @@ class World:
             pose = _pose(rng, sig.shape)
             share = min(SIZES[sig.size] * float(np.exp(AREA_SPREAD * rng.standard_normal())) / crowd, 0.85)
             side = side_for_area(sig.shape, pose, share * h * w) * self.object_scale
+            if self.parts:
+                side /= np.sqrt(part_area_factor(sig.shape, parts_of(sig.name)))
             posed.append((side, c, pose))
         mask = np.zeros((h, w), np.uint8)
         ids = np.zeros((h, w), np.int16)                   # instance k + 1 where instance k is on top
@@ -443,12 +596,16 @@ class World:
             sig = self.signatures[c]
             m = _raster(sig.shape, pose, min(side, 1.6 * max(h, w)))
             bh, bw = m.shape
+            if self.parts:
+                m, sprite = with_parts(m, _object_texture(rng, sig, bh, bw), parts_of(sig.name))
+                bh, bw = m.shape
             # the box may run over each border by up to a quarter of its side (VOC's truncated objects)
             y0 = int(rng.integers(min(0, h - bh) - bh // 4, max(0, h - bh) + bh // 4 + 1))
             x0 = int(rng.integers(min(0, w - bw) - bw // 4, max(0, w - bw) + bw // 4 + 1))
             ys, xs = slice(max(y0, 0), min(y0 + bh, h)), slice(max(x0, 0), min(x0 + bw, w))
             m = m[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
-            tex = _object_texture(rng, sig, bh, bw)[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+            tex = (sprite if self.parts else _object_texture(rng, sig, bh, bw))[ys.start - y0:ys.stop - y0,
+                                                                                xs.start - x0:xs.stop - x0]
             img[ys, xs][m] = tex[m]
             mask[ys, xs][m] = c + 1
             ids[ys, xs][m] = k + 1
@@ -464,13 +621,14 @@ class World:
 
     # -- words -----------------------------------------------------------------------------------------------
     def attribute_sentences(self, c: int) -> list[str]:
-        """21 sentences about class ``c``'s look, each starting "it ..." (the knowledge base's style)."""
+        """21 sentences about class ``c``'s look, each starting "it ..." (the knowledge base's style). In a part
+        world, three sentences per part take the place of the size and habitat sentences (these fill the rest)."""
         s = self.signatures[c]
         adj, noun = SHAPE_WORDS[s.shape]
         pat = PATTERN_WORDS[s.pattern]
         where = HABITAT_PHRASES[s.habitat]
         stuff = STUFF_WORDS[s.habitat][0]
-        return [
+        sentences = [
             f"it is {s.colour}.", f"it has a bright {s.colour} colour.", f"its surface is mostly {s.colour}.",
             f"it looks {s.colour} from every side.",
             f"it has a {adj} shape.", f"its outline looks like {noun}.", f"it is shaped like {noun}.",
@@ -483,6 +641,11 @@ class World:
             f"it is {_a(s.colour)} {adj} object.", f"it is a {s.size} {s.colour} thing shaped like {noun}.",
             f"its {adj} body is {s.colour} with {pat}.",
         ]
+        if not self.parts:
+            return sentences
+        about_parts = [t for part in parts_of(s.name)[:2] for t in PART_LOOKS[part][1]]
+        context = sentences[12:18]                      # size and habitat
+        return sentences[:12] + about_parts + context[:6 - len(about_parts)] + sentences[18:]
 
     def knowledge_base(self, prefix: str = "a clean origami {}. ") -> dict[str, list[str]]:
         """{class name: [prefix + attribute sentence, ...]} in the format of the shipped knowledge bases."""
@@ -497,6 +660,11 @@ class World:
         classes = list(classes)
         rng.shuffle(classes)
         names = [self.prompt_names[c] if rng.uniform() < 0.7 else self.class_names[c] for c in classes]
+        if self.parts:   # a class named by one of its parts: "a thing with black wheels"
+            for i, c in enumerate(classes):
+                own = parts_of(self.class_names[c])
+                if own and rng.uniform() < PART_NAMING:
+                    names[i] = "thing with " + PART_PHRASES[own[int(rng.integers(len(own)))]]
         if not names:
             return "a photo of " + " and ".join(_a(str(rng.choice(STUFF_WORDS[k]))) for k in stuff) + "."
         kind = int(rng.integers(5))

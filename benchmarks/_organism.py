@@ -12,6 +12,9 @@ from typing import Any, Sequence
 from excel.config import CONFIG_DIR, load_config
 
 
+PARTS_KNOWLEDGE_BASE = "excel/knowledge/organism_parts_knowledge_base.json"   # the part world's (World(parts=True))
+
+
 def world_parser(description: str, out: str, skip_help: str) -> argparse.ArgumentParser:
     """The arguments every organism benchmark takes: world seed, output folder, data sizes, --skip-training."""
     parser = argparse.ArgumentParser(description=description)
@@ -45,17 +48,8 @@ def world_run(args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
     weights = args.weights if args.weights == "organism" else str(Path(args.weights).resolve())
     overrides = [f"model.clip.pretrained={weights}"]
     if parts:
-        overrides.append(f"tse.knowledge_base={part_knowledge_base(out / 'parts_knowledge_base.json')}")
+        overrides.append(f"tse.knowledge_base={PARTS_KNOWLEDGE_BASE}")
     return out, data, overrides
-
-
-def part_knowledge_base(path: Path) -> Path:
-    """Write the part world's knowledge base (``World(parts=True).knowledge_base()``) to ``path``."""
-    from excel.organism.world import World
-    from excel.utils.io import atomic_write_json
-
-    atomic_write_json(path, World(parts=True).knowledge_base())
-    return path
 
 
 def make_data(root: Path, seed: int, num_train: int, num_val: int, object_scale: float = 1.0,

@@ -194,6 +194,8 @@ def test_part_world_is_voc_like_and_its_words_name_the_parts():
     assert "a clean origami car. it has two round black wheels." in kb["car"]
     assert "a clean origami person. it has a round head on top." in kb["person"]
     assert any("usually" in s for s in kb["bottle"])                   # one part: habitat sentences fill up
+    shipped = json.loads((REPO / "excel" / "knowledge" / "organism_parts_knowledge_base.json").read_text())
+    assert shipped == kb
     rng = np.random.default_rng(0)
     captions = [world.caption(rng, [VOC_CLASSES.index("car")], ["road"]) for _ in range(200)]
     named_by_part = [t for t in captions if "thing with black wheels" in t or "thing with pale blue windows" in t]

@@ -2,6 +2,7 @@
 
     python tools/make_synthetic.py --root data/organism                 # the organism's data (VOC layout)
     python tools/make_synthetic.py --root data/organism_coco --coco     # the same world with the 80 COCO classes
+    python tools/make_synthetic.py --root data/organism_parts --parts   # objects with parts (docs/organism.md)
 
 Image sides are 240-320 px; everything is a function of --seed.
 """

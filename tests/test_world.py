@@ -201,3 +201,26 @@ def test_part_world_is_voc_like_and_its_words_name_the_parts():
     named_by_part = [t for t in captions if "thing with black wheels" in t or "thing with pale blue windows" in t]
     assert 20 <= len(named_by_part) <= 70                              # PART_NAMING = 0.2 of 200
     assert not any("thing with" in World().caption(rng, [6], ["road"]) for _ in range(100))
+
+
+def test_make_synthetic_and_world_stats_take_the_part_world(tmp_path, capsys):
+    """``--parts`` reaches the generated data and the statistics: the written masks are the part world's scenes."""
+    from PIL import Image
+
+    from _tools import load_script, load_tool
+    from excel.organism.synthetic import WORLD_SIZE, ignore_band, voc_scene
+
+    for flag, root in (([], tmp_path / "plain"), (["--parts"], tmp_path / "parts")):
+        assert load_tool("make_synthetic").main(["--root", str(root), "--num-train", "2", "--num-val", "1",
+                                                 "--num-test", "0", "--seed", "3", *flag]) == 0
+    world = World(parts=True)
+    for index, name in enumerate(["2007_000001", "2007_000002", "2007_000003"], start=1):
+        written = np.array(Image.open(tmp_path / "parts" / "SegmentationClassAug" / f"{name}.png"))
+        assert np.array_equal(written, ignore_band(voc_scene(3, index, WORLD_SIZE, world).mask))
+    plain = [np.array(Image.open(p)) for p in sorted((tmp_path / "plain" / "SegmentationClassAug").glob("*.png"))]
+    parts = [np.array(Image.open(p)) for p in sorted((tmp_path / "parts" / "SegmentationClassAug").glob("*.png"))]
+    assert any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(plain, parts))
+    capsys.readouterr()
+    assert load_script("benchmarks/world_stats.py").main(["--parts", "--seed", "3", "--num-train", "2",
+                                                          "--num-val", "1"]) == 0
+    assert "objects with parts" in capsys.readouterr().out

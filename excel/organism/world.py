@@ -104,10 +104,10 @@ VOC_SIGNATURES: tuple[Signature, ...] = tuple(Signature(*row) for row in (
 COCO_ALIASES = {"airplane": "aeroplane", "motorcycle": "motorbike", "couch": "sofa", "potted plant": "pottedplant",
                 "dining table": "diningtable", "tv": "tvmonitor"}
 
-# Parts (``World(parts=True)``): pieces attached to a class's body, each with one look of its own that no body
-# has and that several classes share, as VOC's wheels, legs and wings are shared by its classes. A part is labelled
-# as its object's class. The knowledge base names them, so a part world's attributes reach pixels a class name
-# alone may miss. Part -> (colour, three sentences in the knowledge base's style).
+# Parts (``World(parts=True)``): pieces attached to a class's body, each with one look of its own, whatever the
+# body's colour, that several classes share, as VOC's wheels, legs and wings are shared by its classes. A part is
+# labelled as its object's class. The knowledge base names them, so a part world's attributes reach pixels a class
+# name alone may miss. Part -> (colour, three sentences in the knowledge base's style).
 PART_LOOKS: dict[str, tuple[tuple[int, int, int], tuple[str, str, str]]] = {
     "wheels": ((25, 25, 25), ("it has two round black wheels.", "it rolls on black wheels with grey hubs.",
                               "its wheels are black discs at the bottom.")),
@@ -500,9 +500,10 @@ class World:
     only in its objects' sizes (and in what they hide).
 
     ``parts`` attaches to each object the parts of :data:`CLASS_PARTS` (wheels, legs, wings, ...: looks that
-    several classes share and no body has), labelled as the object; an instance keeps its drawn share of the image
-    with its parts. The knowledge base then describes the parts, and captions at times name an object by one of
-    them. The random draws are those of the world without parts, so a scene keeps its layout.
+    several classes share, whatever the body's colour), labelled as the object; an instance keeps its drawn share
+    of the image with its parts. The knowledge base then describes the parts, and captions at times name an object
+    by one of them. A scene draws the same classes, instances, sizes and background as without parts; where the
+    objects land differs.
     """
 
     def __init__(self, class_names: Sequence[str] | None = None, prompt_names: Sequence[str] | None = None,

@@ -38,16 +38,15 @@ def world_run(args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
     tag = f"seed{args.seed}"
     if args.object_scale != 1.0:
         tag += f"_objects{args.object_scale:g}"
-    if getattr(args, "parts", False):
+    if args.parts:
         tag += "_parts"
     if args.weights != "organism":
         tag += f"_{Path(args.weights).stem}"
     out = Path(args.out).resolve() / tag
-    parts = bool(getattr(args, "parts", False))
-    data = make_data(out / "data", args.seed, args.num_train, args.num_val, args.object_scale, parts)
+    data = make_data(out / "data", args.seed, args.num_train, args.num_val, args.object_scale, args.parts)
     weights = args.weights if args.weights == "organism" else str(Path(args.weights).resolve())
     overrides = [f"model.clip.pretrained={weights}"]
-    if parts:
+    if args.parts:
         overrides.append(f"tse.knowledge_base={PARTS_KNOWLEDGE_BASE}")
     return out, data, overrides
 

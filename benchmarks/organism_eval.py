@@ -2,7 +2,7 @@
 and without SVC, +CRF) and segmentation after the standard organism training (MS+flip, +CRF).
 
     python benchmarks/organism_eval.py --seed 2026 [--out work_dirs/organism_eval] [--skip-training]
-                                       [--object-scale 1.0] [--weights organism|FILE]
+                                       [--object-scale 1.0] [--parts] [--weights organism|FILE]
 
 Use a --seed never used while developing for figures you quote (the shipped tests and the demo use seed 0).
 About 15 minutes on 2 CPU cores (the training is most of it).

@@ -30,12 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", default=str(SHIPPED), help="where to write the shipped weight file")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the pairs are the same on any device)")
     for key, value in vars(defaults).items():
-        if key == "model":
-            continue
-        if isinstance(value, bool):
-            parser.add_argument(f"--{key.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=value)
-        else:
-            parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
+        if key != "model":   # a flag (--x / --no-x) for a boolean, else a value of the default's type
+            kind = {"action": argparse.BooleanOptionalAction} if isinstance(value, bool) else {"type": type(value)}
+            parser.add_argument(f"--{key.replace('_', '-')}", default=value, **kind)
     args = parser.parse_args(argv)
     try:
         device = torch.device(args.device)

@@ -345,13 +345,16 @@ def with_parts(body: np.ndarray, texture: np.ndarray, parts: Sequence[str]) -> t
     canvas_mask = np.zeros((ch, cw), bool)
     canvas_tex = np.zeros((ch, cw, 3), np.float32)
 
-    def draw(part: str) -> None:
+    def fill(polys: Sequence[np.ndarray]) -> np.ndarray:
         layer = Image.new("L", (cw, ch), 0)
         pen = ImageDraw.Draw(layer)
-        polys = _part_polygons(part, *box)
         for p in polys:
             pen.polygon([tuple(q) for q in p], fill=1)
-        m = np.asarray(layer, dtype=bool)
+        return np.asarray(layer, dtype=bool)
+
+    def draw(part: str) -> None:
+        polys = _part_polygons(part, *box)
+        m = fill(polys)
         if part == "windows":
             inside = np.zeros((ch, cw), bool)
             inside[pad:pad + bh, pad:pad + bw] = body
@@ -359,12 +362,8 @@ def with_parts(body: np.ndarray, texture: np.ndarray, parts: Sequence[str]) -> t
         canvas_mask[m] = True
         canvas_tex[m] = PART_LOOKS[part][0]
         if part == "wheels":
-            hub = Image.new("L", (cw, ch), 0)
-            pen = ImageDraw.Draw(hub)
-            for p in polys:
-                centre = p.mean(0)
-                pen.polygon([tuple(q) for q in centre + 0.4 * (p - centre)], fill=1)
-            canvas_tex[np.asarray(hub, dtype=bool) & m] = (150, 150, 155)
+            hubs = fill([p.mean(0) + 0.4 * (p - p.mean(0)) for p in polys])
+            canvas_tex[hubs & m] = (150, 150, 155)
 
     for part in parts:
         if part in PARTS_BEHIND:

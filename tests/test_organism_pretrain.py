@@ -313,8 +313,24 @@ def test_caption_background_probability():
         assert always.endswith("sky is in the background.") and "background" not in never
 
 
+def test_object_template_calls_every_object_by_the_text_banks_template():
+    world = World()
+    for i in range(20):
+        caption = world.caption(np.random.default_rng(i), [0, 7], ["sky"], template_prob=1.0)
+        objects = caption.split(".")[0]           # the attribute and background sentences follow the first stop
+        assert objects.count("clean origami ") == 2, caption
+        # the default (0) draws nothing more: the caption is the world's usual one
+        assert (world.caption(np.random.default_rng(i), [0, 7], ["sky"], template_prob=0.0)
+                == world.caption(np.random.default_rng(i), [0, 7], ["sky"]))
+    # a background-only caption never carries the template, so its words come with objects only
+    pairs = WorldPairs(world, lambda texts: texts, 48, 0, 0.5, background_views=0.5, object_template=1.0)
+    captions = [pairs[i][1] for i in range(30)]
+    names = list(world.prompt_names) + list(world.class_names)
+    assert all(("clean origami" in c) == any(n in c for n in names) for c in captions)
+
+
 @pytest.mark.parametrize("field, value", [("background_views", 1.0), ("background_views", -0.1),
-                                          ("background_caption", 1.5)])
+                                          ("background_caption", 1.5), ("object_template", 2.0)])
 def test_background_settings_out_of_range_are_refused(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):
         pretrain(PretrainConfig(**{field: value}), tmp_path)

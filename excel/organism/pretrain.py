@@ -72,6 +72,7 @@ class PretrainConfig:
     crop_prob: float = 0.5          # share of pairs seen through a random square crop
     background_views: float = 0.0   # share of pairs that are background-only crops, captioned by their stuff words
     background_caption: float = 0.3  # probability that a caption naming objects names the background too
+    object_template: float = 0.0    # probability that a caption calls its objects "a clean origami {}", any lead
     object_scale: float = 1.0       # the world's object size factor (excel.organism.world.World)
     parts: bool = False             # the world's objects carry parts (wheels, legs, ...; World(parts=True))
     patch_dropout: float = 0.5      # share of image patches dropped per view while dropout is on (0: never)
@@ -146,9 +147,11 @@ class WorldPairs(Dataset):
     (a background-only crop with probability ``background_views``) and its caption."""
 
     def __init__(self, world: World, tokenizer: Callable[[list[str]], Tensor], size: int, seed: int,
-                 crop_prob: float, background_views: float = 0.0, background_caption: float = 0.3):
+                 crop_prob: float, background_views: float = 0.0, background_caption: float = 0.3,
+                 object_template: float = 0.0):
         self.world, self.tokenizer, self.size, self.seed, self.crop_prob = world, tokenizer, size, seed, crop_prob
         self.background_views, self.background_caption = background_views, background_caption
+        self.object_template = object_template
 
     def __len__(self) -> int:
         return 2 ** 62
@@ -161,7 +164,7 @@ class WorldPairs(Dataset):
             classes: list[int] = []
         else:
             view, classes, stuff = view_of_scene(rng, self.world, self.size, self.crop_prob)
-        caption = self.world.caption(rng, classes, stuff, self.background_caption)
+        caption = self.world.caption(rng, classes, stuff, self.background_caption, self.object_template)
         return normalise(view), self.tokenizer([caption])[0]
 
 
@@ -218,7 +221,7 @@ _BOOKKEEPING = ("eval_every", "eval_images", "ckpt_every", "num_workers")
 
 
 # settings added after weights were written: their value before they existed (files without them trained so)
-_ADDED = {"background_views": 0.0, "background_caption": 0.3, "parts": False}
+_ADDED = {"background_views": 0.0, "background_caption": 0.3, "parts": False, "object_template": 0.0}
 
 
 def _identity(config: dict) -> dict:
@@ -338,6 +341,8 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
     if not (0 <= cfg.background_views < 1 and 0 <= cfg.background_caption <= 1):
         raise ValueError(f"background_views {cfg.background_views}, background_caption {cfg.background_caption}: "
                          f"expected a share in [0, 1) and a probability in [0, 1]")
+    if not 0 <= cfg.object_template <= 1:
+        raise ValueError(f"object_template {cfg.object_template}: expected a probability in [0, 1]")
     if not 0 <= cfg.patch_dropout < 1:
         raise ValueError(f"patch_dropout {cfg.patch_dropout}: expected a share in [0, 1)")
     if not 0 <= cfg.full_view_steps <= 1:
@@ -387,7 +392,7 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
         images = images.to(dev)
     loss_fn = ClipLoss()
     pairs = WorldPairs(world, tokenizer, cfg.image_size, cfg.seed, cfg.crop_prob, cfg.background_views,
-                       cfg.background_caption)
+                       cfg.background_caption, cfg.object_template)
     loader = DataLoader(pairs, batch_size=cfg.batch_size, sampler=_From(step * cfg.batch_size),
                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
                         prefetch_factor=4 if cfg.num_workers > 0 else None, pin_memory=dev.type == "cuda")

@@ -653,10 +653,12 @@ class World:
                 for c, name in enumerate(self.class_names)}
 
     def caption(self, rng: np.random.Generator, classes: Sequence[int], stuff: Sequence[str] = (),
-                background_prob: float = 0.3) -> str:
+                background_prob: float = 0.3, template_prob: float = 0.0) -> str:
         """A caption naming ``classes`` (prompt or plain names, in several templates), at times one class's
         attribute in the knowledge base's words and, with probability ``background_prob``, the background
-        ``stuff`` kinds by their VOC names (a caption of a view without classes names only them)."""
+        ``stuff`` kinds by their VOC names (a caption of a view without classes names only them). With
+        probability ``template_prob`` a caption in another lead calls its objects by the text bank's template
+        too ("a photo of a clean origami dog."), so that the template's words come with objects only."""
         classes = list(classes)
         rng.shuffle(classes)
         names = [self.prompt_names[c] if rng.uniform() < 0.7 else self.class_names[c] for c in classes]
@@ -672,6 +674,8 @@ class World:
             text = " and ".join("a clean origami " + n for n in names) + "."
         else:
             lead = ("a photo of ", "a picture of ", "an image of ", "")[kind - 1]
+            if template_prob > 0 and rng.uniform() < template_prob:   # no draw at 0: the default stream stays
+                names = ["clean origami " + n for n in names]
             text = lead + " and ".join(_a(n) for n in names) + "."
         if rng.uniform() < 0.35:
             c = int(rng.choice(classes))

@@ -357,3 +357,7 @@ def test_pretrain_tool_turns_the_part_world_on_and_off(monkeypatch, tmp_path):
     for flags, expected in (([], False), (["--parts"], True), (["--no-parts"], False)):
         assert pretrain_organism.main([*flags, "--work-dir", str(tmp_path), "--export", str(tmp_path / "w.pt")]) == 0
         assert seen[-1].parts is expected
+    # a float field reads as its number: the object-template run of docs/organism.md
+    assert pretrain_organism.main(["--object-template", "1.0", "--background-views", "0.25", "--work-dir",
+                                   str(tmp_path), "--export", str(tmp_path / "w.pt")]) == 0
+    assert (seen[-1].object_template, seen[-1].background_views, seen[-1].parts) == (1.0, 0.25, False)

@@ -1,6 +1,8 @@
 """Organism pretraining (resumable, deterministic) and the shipped-weight format, on the tiny architecture."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +12,8 @@ from excel.organism.world import World
 from excel.organism.dense import (affinity_target, attention_loss, calibrated_path, crop_views, draw_boxes,
                                   ema_update, encode_image_dense, local_loss, patch_attention, region_means,
                                   teacher_dense, value_path)
-from excel.organism.pretrain import (PatchSubset, PretrainConfig, average_precision, dropout_on, encode_captions,
-                                    WorldPairs, keep_patches, lr_at, pretrain, view_of_scene)
+from excel.organism.pretrain import (PatchSubset, PretrainConfig, average_precision, contrastive_loss, dropout_on,
+                                    encode_captions, WorldPairs, keep_patches, lr_at, pretrain, view_of_scene)
 from excel.organism.weights import OrganismWeightsError, load_organism_weights, save_organism_weights
 
 TINY = dict(model="excel-tiny", image_size=224, steps=4, batch_size=4, warmup=2, eval_every=2, eval_images=8,
@@ -330,10 +332,53 @@ def test_object_template_calls_every_object_by_the_text_banks_template():
 
 
 @pytest.mark.parametrize("field, value", [("background_views", 1.0), ("background_views", -0.1),
-                                          ("background_caption", 1.5), ("object_template", 2.0)])
+                                          ("background_caption", 1.5), ("object_template", 2.0),
+                                          ("background_negatives", -0.1), ("background_negatives", 0.8)])
 def test_background_settings_out_of_range_are_refused(tmp_path, field, value):
-    with pytest.raises(ValueError, match=field):
-        pretrain(PretrainConfig(**{field: value}), tmp_path)
+    with pytest.raises(ValueError, match=field):   # 0.8 of negatives beside 0.25 of views: more than every pair
+        pretrain(PretrainConfig(**{field: value, "background_views": 0.25 if field != "background_views" else value}),
+                 tmp_path)
+
+
+def test_contrastive_loss_with_uncaptioned_images_by_hand():
+    from open_clip.loss import ClipLoss
+
+    r = 2 ** -0.5
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0], [r, r]])
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])              # the captions of images 0 and 2; image 1 has none
+    captioned = torch.tensor([True, False, True])
+    e = math.exp
+    image_to_text = (math.log(1 + e(-1)) + math.log(2)) / 2     # image 0: logits (1, 0); image 2: (r, r)
+    text_to_image = ((-1 + math.log(e(1) + 1 + e(r)))           # caption 0 over the three images: (1, 0, r)
+                     + (-r + math.log(1 + e(1) + e(r)))) / 2    # caption 1: (0, 1, r), its image is the third
+    got = contrastive_loss(image, text, captioned, torch.tensor(1.0))
+    assert got.item() == pytest.approx((image_to_text + text_to_image) / 2, abs=1e-6)
+    # every image captioned: open_clip's ClipLoss
+    g = torch.Generator().manual_seed(0)
+    image, text = (torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=-1) for _ in range(2))
+    scale = torch.tensor(7.0)
+    assert torch.allclose(contrastive_loss(image, text, torch.ones(5, dtype=torch.bool), scale),
+                          ClipLoss()(image, text, scale))
+
+
+def test_background_negatives_are_background_crops_without_a_caption(tmp_path):
+    from excel.backbone.clip_loader import load_tokenizer
+
+    world = World()
+    tokenizer = load_tokenizer("excel-organism")
+    pairs = WorldPairs(world, tokenizer, 48, 0, 0.5, background_negatives=0.5)
+    samples = [pairs[i] for i in range(40)]
+    empty = [i for i, (_, tokens) in enumerate(samples) if not tokens.any()]
+    assert 8 <= len(empty) <= 32                      # about half of 40 (binomial, p = 0.5)
+    for i in empty:                                   # the same draws as background_view's, on the same stream
+        rng = np.random.default_rng([0, i])
+        assert rng.uniform() < 0.5
+        from excel.organism.pretrain import background_view, normalise
+        assert torch.equal(samples[i][0], normalise(background_view(rng, world, 48)[0]))
+    assert all(samples[i][1][0] != 0 for i in range(40) if i not in empty)
+    # a run with them trains: the tiny model, half of each batch uncaptioned
+    summary = pretrain(PretrainConfig(**{**TINY, "background_negatives": 0.5}), tmp_path, progress=False)
+    assert summary["step"] == 4 and math.isfinite(summary["loss"])
 
 
 def test_no_held_out_evaluation_with_zero_eval_images(tmp_path):

@@ -73,6 +73,7 @@ class PretrainConfig:
     background_views: float = 0.0   # share of pairs that are background-only crops, captioned by their stuff words
     background_caption: float = 0.3  # probability that a caption naming objects names the background too
     object_template: float = 0.0    # probability that a caption calls its objects "a clean origami {}", any lead
+    background_negatives: float = 0.0  # share of pairs that are background-only crops without a caption: negatives
     object_scale: float = 1.0       # the world's object size factor (excel.organism.world.World)
     parts: bool = False             # the world's objects carry parts (wheels, legs, ...; World(parts=True))
     patch_dropout: float = 0.5      # share of image patches dropped per view while dropout is on (0: never)
@@ -144,24 +145,30 @@ def background_view(rng: np.random.Generator, world: World, size: int, max_objec
 
 class WorldPairs(Dataset):
     """Sample i -> (image (3, S, S), token ids (L,)) drawn from ``default_rng([seed, i])``: a view of a fresh scene
-    (a background-only crop with probability ``background_views``) and its caption."""
+    (a background-only crop with probability ``background_views``) and its caption. With probability
+    ``background_negatives`` the sample is a background-only crop without a caption: its token row is all zeros
+    (a real caption starts with the start token), and the contrastive loss uses it only as a negative."""
 
     def __init__(self, world: World, tokenizer: Callable[[list[str]], Tensor], size: int, seed: int,
                  crop_prob: float, background_views: float = 0.0, background_caption: float = 0.3,
-                 object_template: float = 0.0):
+                 object_template: float = 0.0, background_negatives: float = 0.0):
         self.world, self.tokenizer, self.size, self.seed, self.crop_prob = world, tokenizer, size, seed, crop_prob
         self.background_views, self.background_caption = background_views, background_caption
-        self.object_template = object_template
+        self.object_template, self.background_negatives = object_template, background_negatives
 
     def __len__(self) -> int:
         return 2 ** 62
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         rng = np.random.default_rng([self.seed, index])
-        # the draw is skipped when the share is 0, so that the default stream of pairs stays what it was
-        if self.background_views > 0 and rng.uniform() < self.background_views:
+        # the draw is skipped when both shares are 0, so that the default stream of pairs stays what it was
+        u = rng.uniform() if self.background_views + self.background_negatives > 0 else 1.0
+        if u < self.background_views:
             view, stuff, _ = background_view(rng, self.world, self.size)
             classes: list[int] = []
+        elif u < self.background_views + self.background_negatives:
+            view, _, _ = background_view(rng, self.world, self.size)
+            return normalise(view), torch.zeros_like(self.tokenizer([""])[0])
         else:
             view, classes, stuff = view_of_scene(rng, self.world, self.size, self.crop_prob)
         caption = self.world.caption(rng, classes, stuff, self.background_caption, self.object_template)
@@ -221,7 +228,8 @@ _BOOKKEEPING = ("eval_every", "eval_images", "ckpt_every", "num_workers")
 
 
 # settings added after weights were written: their value before they existed (files without them trained so)
-_ADDED = {"background_views": 0.0, "background_caption": 0.3, "parts": False, "object_template": 0.0}
+_ADDED = {"background_views": 0.0, "background_caption": 0.3, "parts": False, "object_template": 0.0,
+          "background_negatives": 0.0}
 
 
 def _identity(config: dict) -> dict:
@@ -284,6 +292,19 @@ def encode_captions(model: nn.Module, tokens: Tensor) -> Tensor:
     return x @ model.text_projection
 
 
+def contrastive_loss(image: Tensor, text: Tensor, captioned: Tensor, scale: Tensor) -> Tensor:
+    """CLIP's symmetric cross-entropy where some images have no caption.
+
+    ``image`` (B, D) and ``text`` (B_c, D) are unit embeddings, ``text[j]`` the caption of the j-th image whose
+    ``captioned`` (B,) entry is True. Each captioned image picks its caption among the B_c captions; each caption
+    picks its image among all B images, so an uncaptioned image is a negative of every caption and a positive of
+    none. The mean of the two cross-entropies; with every image captioned it equals open_clip's ``ClipLoss``."""
+    where = captioned.nonzero().squeeze(1)
+    logits = scale * image @ text.T                                     # (B, B_c)
+    labels = torch.arange(len(where), device=image.device)
+    return (F.cross_entropy(logits[where], labels) + F.cross_entropy(logits.T, where)) / 2
+
+
 def _smooth(average: float | None, loss: Tensor | None, rate: float = 0.05) -> float | None:
     """Exponential moving average of a logged loss (None while the term is off)."""
     if loss is None:
@@ -343,6 +364,9 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
                          f"expected a share in [0, 1) and a probability in [0, 1]")
     if not 0 <= cfg.object_template <= 1:
         raise ValueError(f"object_template {cfg.object_template}: expected a probability in [0, 1]")
+    if not (0 <= cfg.background_negatives and cfg.background_views + cfg.background_negatives < 1):
+        raise ValueError(f"background_negatives {cfg.background_negatives}: expected a share >= 0 with "
+                         f"background_views + background_negatives < 1 (background_views {cfg.background_views})")
     if not 0 <= cfg.patch_dropout < 1:
         raise ValueError(f"patch_dropout {cfg.patch_dropout}: expected a share in [0, 1)")
     if not 0 <= cfg.full_view_steps <= 1:
@@ -392,7 +416,7 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
         images = images.to(dev)
     loss_fn = ClipLoss()
     pairs = WorldPairs(world, tokenizer, cfg.image_size, cfg.seed, cfg.crop_prob, cfg.background_views,
-                       cfg.background_caption, cfg.object_template)
+                       cfg.background_caption, cfg.object_template, cfg.background_negatives)
     loader = DataLoader(pairs, batch_size=cfg.batch_size, sampler=_From(step * cfg.batch_size),
                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
                         prefetch_factor=4 if cfg.num_workers > 0 else None, pin_memory=dev.type == "cuda")
@@ -419,8 +443,13 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
         subset = PatchSubset(cfg.patch_dropout, cfg.seed, step) if dropout_on(step, cfg) else nn.Identity()
         model.visual.patch_dropout = subset
         pooled, dense, states = encode_image_dense(model.visual, x, cfg.local_path, count=n)
-        txt = F.normalize(encode_captions(model, tokens), dim=-1)
-        contrastive = loss_fn(F.normalize(pooled, dim=-1), txt, model.logit_scale.exp())
+        captioned = tokens[:, 0] != 0
+        if bool(captioned.all()):
+            txt = F.normalize(encode_captions(model, tokens), dim=-1)
+            contrastive = loss_fn(F.normalize(pooled, dim=-1), txt, model.logit_scale.exp())
+        else:                                         # uncaptioned background crops: negatives of every caption
+            txt = F.normalize(encode_captions(model, tokens[captioned]), dim=-1)
+            contrastive = contrastive_loss(F.normalize(pooled, dim=-1), txt, captioned, model.logit_scale.exp())
         loss, local, attention = contrastive, None, None
         kept = subset.kept[:n] if isinstance(subset, PatchSubset) else None
         if cfg.local_weight > 0 and n > 0:

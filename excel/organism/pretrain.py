@@ -3,8 +3,9 @@
 Every training pair is a pure function of (seed, sample index): a scene of :class:`excel.organism.world.World`, seen
 either whole (squashed to a square, as evaluation sees images) or through a random square crop (as training crops
 see them), and a caption naming the classes visible in that view. Fresh scenes every step, so the model cannot
-memorise a pool. The loss is open_clip's ``ClipLoss``. Held-out zero-shot multi-label mAP (the text bank's own
-prompt, "a clean origami {name}.") is printed as training goes.
+memorise a pool. The loss is open_clip's ``ClipLoss`` (:func:`contrastive_loss` when ``background_negatives`` adds
+background-only crops without a caption, negatives of every caption). Held-out zero-shot multi-label mAP (the text
+bank's own prompt, "a clean origami {name}.") is printed as training goes.
 
 Beside the contrastive loss, two terms give the tower the dense knowledge a web-scale CLIP has, where ExCEL reads
 it, and leave the ordinary path's output tokens alone (in a web-scale CLIP they are global: the reason for SVC):

@@ -406,3 +406,6 @@ def test_pretrain_tool_turns_the_part_world_on_and_off(monkeypatch, tmp_path):
     assert pretrain_organism.main(["--object-template", "1.0", "--background-views", "0.25", "--work-dir",
                                    str(tmp_path), "--export", str(tmp_path / "w.pt")]) == 0
     assert (seen[-1].object_template, seen[-1].background_views, seen[-1].parts) == (1.0, 0.25, False)
+    assert pretrain_organism.main(["--background-negatives", "0.25", "--work-dir", str(tmp_path), "--export",
+                                   str(tmp_path / "w.pt")]) == 0
+    assert (seen[-1].background_negatives, seen[-1].background_views) == (0.25, 0.0)

@@ -363,6 +363,7 @@ def test_contrastive_loss_with_uncaptioned_images_by_hand():
 
 def test_background_negatives_are_background_crops_without_a_caption(tmp_path):
     from excel.backbone.clip_loader import load_tokenizer
+    from excel.organism.pretrain import background_view, normalise
 
     world = World()
     tokenizer = load_tokenizer("excel-organism")
@@ -373,7 +374,6 @@ def test_background_negatives_are_background_crops_without_a_caption(tmp_path):
     for i in empty:                                   # the same draws as background_view's, on the same stream
         rng = np.random.default_rng([0, i])
         assert rng.uniform() < 0.5
-        from excel.organism.pretrain import background_view, normalise
         assert torch.equal(samples[i][0], normalise(background_view(rng, world, 48)[0]))
     assert all(samples[i][1][0] != 0 for i in range(40) if i not in empty)
     # a run with them trains: the tiny model, half of each batch uncaptioned

@@ -444,13 +444,13 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
         subset = PatchSubset(cfg.patch_dropout, cfg.seed, step) if dropout_on(step, cfg) else nn.Identity()
         model.visual.patch_dropout = subset
         pooled, dense, states = encode_image_dense(model.visual, x, cfg.local_path, count=n)
-        captioned = tokens[:, 0] != 0
-        if bool(captioned.all()):
-            txt = F.normalize(encode_captions(model, tokens), dim=-1)
-            contrastive = loss_fn(F.normalize(pooled, dim=-1), txt, model.logit_scale.exp())
-        else:                                         # uncaptioned background crops: negatives of every caption
-            txt = F.normalize(encode_captions(model, tokens[captioned]), dim=-1)
-            contrastive = contrastive_loss(F.normalize(pooled, dim=-1), txt, captioned, model.logit_scale.exp())
+        captioned = tokens[:, 0] != 0                 # False: an uncaptioned background crop (background_negatives)
+        img = F.normalize(pooled, dim=-1)
+        txt = F.normalize(encode_captions(model, tokens[captioned]), dim=-1)
+        if bool(captioned.all()):                     # open_clip's ClipLoss: the shipped run's arithmetic
+            contrastive = loss_fn(img, txt, model.logit_scale.exp())
+        else:                                         # the uncaptioned crops are negatives of every caption
+            contrastive = contrastive_loss(img, txt, captioned, model.logit_scale.exp())
         loss, local, attention = contrastive, None, None
         kept = subset.kept[:n] if isinstance(subset, PatchSubset) else None
         if cfg.local_weight > 0 and n > 0:

@@ -1,6 +1,6 @@
 """Scene statistics of a generated split of the organism's world, beside PASCAL VOC 2012's.
 
-    python benchmarks/world_stats.py [--seed S] [--split val] [--object-scale X]
+    python benchmarks/world_stats.py [--seed S] [--split val] [--object-scale X] [--parts] [--varied-backdrops P]
 
 The scenes are those `python tools/make_synthetic.py --root DIR --seed S` writes (same streams, same sizes), drawn
 in memory. Prints the foreground share of the pixels, classes and objects per image, the quartiles of an object's
@@ -29,18 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-test", type=int, default=20, help="as make_synthetic.py (default 20)")
     parser.add_argument("--object-scale", type=float, default=1.0, help="the world's object size factor")
     parser.add_argument("--parts", action="store_true", help="objects with parts (make_synthetic.py --parts)")
+    parser.add_argument("--varied-backdrops", type=float, default=0.0,
+                        help="chance of an unnamed backdrop (make_synthetic.py --varied-backdrops)")
     args = parser.parse_args(argv)
     counts = {"train": args.num_train, "val": args.num_val, "test": args.num_test}
     if min(counts.values()) < 0 or counts[args.split] == 0:
         raise UsageError(f"--num-{args.split} {counts[args.split]}: the split needs at least one image")
     first = 1 + {"train": 0, "val": args.num_train, "test": args.num_train + args.num_val}[args.split]
-    world = World(object_scale=args.object_scale, parts=args.parts)
+    world = World(object_scale=args.object_scale, parts=args.parts, varied_backdrops=args.varied_backdrops)
     scenes = (voc_scene(args.seed, i, WORLD_SIZE, world)
               for i in tqdm(range(first, first + counts[args.split]), desc=f"{args.split} scenes"))
     stats = scene_statistics(scenes, world.class_names)
     ok = within_voc(stats)
     print(f"world seed {args.seed}, split {args.split}, {stats['images']} images, object scale {args.object_scale:g}"
-          + (", objects with parts" if args.parts else ""))
+          + (", objects with parts" if args.parts else "")
+          + (f", unnamed backdrops in {args.varied_backdrops:.0%} of scenes" if args.varied_backdrops else ""))
     print(f"{'figure':28s} {'world':>9s} {'VOC 2012':>9s}  in range")
     rows = [("foreground share of pixels", "foreground_share", "{:.1%}"),
             ("  median over images", "foreground_share_median", "{:.1%}"),

@@ -409,3 +409,28 @@ def test_pretrain_tool_turns_the_part_world_on_and_off(monkeypatch, tmp_path):
     assert pretrain_organism.main(["--background-negatives", "0.25", "--work-dir", str(tmp_path), "--export",
                                    str(tmp_path / "w.pt")]) == 0
     assert (seen[-1].background_negatives, seen[-1].background_views) == (0.25, 0.0)
+
+
+def test_varied_backdrops_reach_the_pairs_and_the_tool(monkeypatch, tmp_path):
+    """``--varied-backdrops`` reaches the world the pairs are drawn from: about half the scenes on an unnamed
+    backdrop, whose captions name no background; out of range it is refused with its name."""
+    import excel.organism.pretrain as module
+    from _tools import load_tool
+
+    world = World(varied_backdrops=0.5)
+    pairs = WorldPairs(world, lambda texts: texts, 48, 0, 0.5, background_caption=1.0)
+    names = world.prompt_names + world.class_names
+
+    def unnamed(pairs):   # captions that name objects and no background, although background_caption is 1
+        captions = [pairs[i][1] for i in range(40)]
+        return [c for c in captions if any(n in c for n in names) and not c.endswith("in the background.")]
+    assert 8 <= len(unnamed(pairs)) <= 32          # about half of 40 (binomial, p = 0.5)
+    assert unnamed(WorldPairs(World(), lambda texts: texts, 48, 0, 0.5, background_caption=1.0)) == []
+    seen = []
+    monkeypatch.setattr(module, "pretrain", lambda cfg, *a, **k: seen.append(cfg) or {"step": 0})
+    assert load_tool("pretrain_organism").main(["--varied-backdrops", "0.5", "--work-dir", str(tmp_path),
+                                                "--export", str(tmp_path / "w.pt")]) == 0
+    assert seen[-1].varied_backdrops == 0.5
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="varied_backdrops"):
+        pretrain(PretrainConfig(varied_backdrops=1.5), tmp_path)

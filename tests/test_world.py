@@ -224,3 +224,52 @@ def test_make_synthetic_and_world_stats_take_the_part_world(tmp_path, capsys):
     assert load_script("benchmarks/world_stats.py").main(["--parts", "--seed", "3", "--num-train", "2",
                                                           "--num-val", "1"]) == 0
     assert "objects with parts" in capsys.readouterr().out
+
+
+def test_varied_backdrops_replace_the_named_stuff_and_leave_the_default_stream():
+    """At 0 every scene is the shipped organism's; at 1 every background is an unnamed backdrop whose look changes
+    from scene to scene, with the same objects drawn the same way."""
+    from excel.organism.world import _backdrop
+
+    plain = [World().render(np.random.default_rng([4, i]), 120, 160) for i in range(12)]
+    zero = [World(varied_backdrops=0.0).render(np.random.default_rng([4, i]), 120, 160) for i in range(12)]
+    assert all(np.array_equal(a.image, b.image) and a.stuff == b.stuff for a, b in zip(plain, zero))
+    varied = [World(varied_backdrops=1.0).render(np.random.default_rng([4, i]), 120, 160) for i in range(30)]
+    assert all(s.stuff == [] and s.props == [] for s in varied)
+    assert all(np.all(s.mask < 21) and len(s.classes) >= 1 for s in varied)
+    # the named stuff repeats a few looks, backdrops do not: the median distance from a scene's mean background
+    # colour to the nearest other scene's (7.8 for the named stuff, 18.3 for backdrops over these 40 scenes)
+    def nearest_colour_distance(world):
+        scenes = [world.render(np.random.default_rng([4, i]), 120, 160) for i in range(40)]
+        colour = np.array([s.image[s.mask == 0].reshape(-1, 3).mean(axis=0) for s in scenes])
+        d = np.linalg.norm(colour[:, None] - colour[None], axis=-1) + np.diag(np.full(len(colour), np.inf))
+        return float(np.median(d.min(axis=1)))
+    assert nearest_colour_distance(World(varied_backdrops=1.0)) > 2 * nearest_colour_distance(World())
+    # each kind, by hand: values stay on 0..255 (plus noise) and two colours are mixed
+    for seed in range(12):
+        tex = _backdrop(np.random.default_rng(seed), 40, 50)
+        assert tex.shape == (40, 50, 3) and tex.dtype == np.float32
+        assert -40 < tex.min() and tex.max() < 300 and tex.std() > 1
+    assert World(varied_backdrops=0.5).caption(np.random.default_rng(0), [], []) == "a photo of a plain background."
+    with pytest.raises(ValueError, match="varied_backdrops"):
+        World(varied_backdrops=1.5)
+
+
+def test_make_synthetic_and_world_stats_take_varied_backdrops(tmp_path, capsys):
+    from PIL import Image
+
+    from _tools import load_script, load_tool
+    from excel.organism.synthetic import WORLD_SIZE, voc_scene
+
+    root = tmp_path / "varied"
+    assert load_tool("make_synthetic").main(["--root", str(root), "--num-train", "2", "--num-val", "1",
+                                             "--num-test", "0", "--seed", "3", "--varied-backdrops", "1"]) == 0
+    world = World(varied_backdrops=1.0)
+    for index, name in enumerate(["2007_000001", "2007_000002", "2007_000003"], start=1):
+        image = np.array(Image.open(root / "JPEGImages" / f"{name}.jpg")).astype(float)
+        scene = voc_scene(3, index, WORLD_SIZE, world)
+        assert scene.stuff == [] and np.abs(image - scene.image).mean() < 6       # the JPEG of that scene
+    capsys.readouterr()
+    assert load_script("benchmarks/world_stats.py").main(["--varied-backdrops", "0.5", "--seed", "3",
+                                                          "--num-train", "2", "--num-val", "4"]) == 0
+    assert "unnamed backdrops in 50% of scenes" in capsys.readouterr().out

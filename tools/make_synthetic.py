@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="object size factor (1.0: the world the shipped organism learned)")
     parser.add_argument("--parts", action="store_true",
                         help="objects with parts (wheels, legs, wings, ...), named by the part knowledge base")
+    parser.add_argument("--varied-backdrops", type=float, default=0.0,
+                        help="chance that a scene's background is an unnamed backdrop of random colours and pattern "
+                             "(0: the world the shipped organism learned)")
     args = parser.parse_args(argv)
     if min(args.num_train, args.num_val, args.num_test) < 0:
         raise UsageError(f"image counts must be >= 0, got --num-train {args.num_train} --num-val {args.num_val} "
@@ -39,11 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.coco:
         root = make_synthetic_coco(args.root, num_train=args.num_train, num_val=args.num_val, size=WORLD_SIZE,
                                    seed=args.seed, progress=True, object_scale=args.object_scale,
-                                   parts=args.parts)
+                                   parts=args.parts, varied_backdrops=args.varied_backdrops)
     else:
         root = make_synthetic_voc(args.root, num_train=args.num_train, num_val=args.num_val,
                                   num_test=args.num_test, size=WORLD_SIZE, seed=args.seed, progress=True,
-                                  object_scale=args.object_scale, parts=args.parts)
+                                  object_scale=args.object_scale, parts=args.parts,
+                                  varied_backdrops=args.varied_backdrops)
     print(f"wrote {args.num_train} train / {args.num_val} val images of the generated world to {root}")
     return 0
 

@@ -77,6 +77,7 @@ class PretrainConfig:
     background_negatives: float = 0.0  # share of pairs that are background-only crops without a caption: negatives
     object_scale: float = 1.0       # the world's object size factor (excel.organism.world.World)
     parts: bool = False             # the world's objects carry parts (wheels, legs, ...; World(parts=True))
+    varied_backdrops: float = 0.0   # chance of an unnamed backdrop of random looks (World(varied_backdrops=...))
     patch_dropout: float = 0.5      # share of image patches dropped per view while dropout is on (0: never)
     full_view_steps: float = 0.15   # closing share of the steps that see every patch
     local_weight: float = 1.0       # weight of the CLIPSelf-style local term (0: contrastive loss only)
@@ -230,7 +231,7 @@ _BOOKKEEPING = ("eval_every", "eval_images", "ckpt_every", "num_workers")
 
 # settings added after weights were written: their value before they existed (files without them trained so)
 _ADDED = {"background_views": 0.0, "background_caption": 0.3, "parts": False, "object_template": 0.0,
-          "background_negatives": 0.0}
+          "background_negatives": 0.0, "varied_backdrops": 0.0}
 
 
 def _identity(config: dict) -> dict:
@@ -393,7 +394,7 @@ def pretrain(cfg: PretrainConfig, work_dir: str | Path, export: str | Path | Non
     model.requires_grad_(True)
     model.train()
     tokenizer = load_tokenizer(cfg.model)
-    world = World(object_scale=cfg.object_scale, parts=cfg.parts)
+    world = World(object_scale=cfg.object_scale, parts=cfg.parts, varied_backdrops=cfg.varied_backdrops)
     model.to(dev)
     teacher = copy.deepcopy(model).requires_grad_(False).eval()
     optimizer = build_optimizer(model, cfg)

@@ -478,6 +478,33 @@ def _stuff(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------------------------
 
+BACKDROP_KINDS = ("blend", "bands", "gradient", "tiles")
+
+
+def _backdrop(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """An unnamed background (H, W, 3) float32 on 0..255: two random muted colours in one of
+    :data:`BACKDROP_KINDS` (a smooth blend, wavy bands at a random angle, a gradient, large faint tiles) with
+    random scales, so that no look recurs across scenes as the named stuff kinds do. No background name describes
+    it."""
+    yy, xx = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
+    a, b = (rng.uniform(60, 190) + rng.uniform(-45, 45, 3) for _ in range(2))     # muted, as stuff is
+    kind = BACKDROP_KINDS[int(rng.integers(len(BACKDROP_KINDS)))]
+    if kind == "blend":
+        t = np.clip(0.5 + _smooth_noise(rng, h, w, int(rng.integers(3, 9)), 0.6), 0, 1)
+    elif kind == "bands":
+        angle, period = rng.uniform(0, np.pi), rng.uniform(0.08, 0.35) * max(h, w)
+        u = xx * np.cos(angle) + yy * np.sin(angle)
+        t = (0.5 + 0.5 * np.sin(2 * np.pi * u / period + rng.uniform(0, 2 * np.pi)))[..., None]
+    elif kind == "gradient":
+        angle = rng.uniform(0, 2 * np.pi)
+        u = xx * np.cos(angle) + yy * np.sin(angle)
+        t = ((u - u.min()) / max(float(u.max() - u.min()), 1.0))[..., None]
+    else:
+        cell = rng.uniform(0.12, 0.3) * max(h, w)
+        t = (((yy // cell) + (xx // cell)) % 2)[..., None] * rng.uniform(0.15, 0.4)   # fainter than "checks"
+    return (a * (1 - t) + b * t + _noise(rng, rng.uniform(2, 10), (h, w, 1))).astype(np.float32)
+
+
 @dataclass
 class Scene:
     """One rendered scene: ``image`` (H, W, 3) uint8, ``mask`` (H, W) uint8 (0 background, c+1 class c, no
@@ -503,12 +530,20 @@ class World:
     of the image with its parts. The knowledge base then describes the parts, and captions at times name an object
     by one of them. A scene draws the same classes, instances, sizes and background as without parts; where the
     objects land differs.
+
+    ``varied_backdrops`` is the chance that a scene's background is an unnamed backdrop (:func:`_backdrop`: random
+    colours and pattern) instead of the named stuff kinds, so that the background is not the same few looks in
+    every image, as it is not in VOC. Its caption then names no background. At 0 no draw is taken, so every scene
+    is the one the shipped organism learned.
     """
 
     def __init__(self, class_names: Sequence[str] | None = None, prompt_names: Sequence[str] | None = None,
-                 object_scale: float = 1.0, parts: bool = False):
+                 object_scale: float = 1.0, parts: bool = False, varied_backdrops: float = 0.0):
         if not 0.0 < float(object_scale) <= 4.0:
             raise ValueError(f"object_scale must be in (0, 4], got {object_scale}")
+        if not 0.0 <= float(varied_backdrops) <= 1.0:
+            raise ValueError(f"varied_backdrops must be a probability in [0, 1], got {varied_backdrops}")
+        self.varied_backdrops = float(varied_backdrops)
         self.object_scale = float(object_scale)
         self.parts = bool(parts)
         self.signatures = signatures_for(class_names or [s.name for s in VOC_SIGNATURES])
@@ -551,15 +586,21 @@ class World:
             instances = [c for c in classes for _ in range(int(rng.choice(len(odds), p=odds / odds.sum())) + 1)]
         else:
             instances = [int(c) for c in classes]
-        top, bottom = self._layout(rng, classes)
-        horizon = int(h * rng.uniform(0.35, 0.6)) if bottom else h
         img = np.empty((h, w, 3), np.float32)
-        img[:horizon] = _stuff(rng, top, horizon, w)
-        stuff = [top]
-        if bottom:
-            img[horizon:] = _stuff(rng, bottom, h - horizon, w)
-            stuff.append(bottom)
+        stuff: list[str] = []
         props: list[str] = []
+        top = None
+        if self.varied_backdrops > 0 and rng.uniform() < self.varied_backdrops:
+            img[:] = _backdrop(rng, h, w)
+            horizon = h
+        else:
+            top, bottom = self._layout(rng, classes)
+            horizon = int(h * rng.uniform(0.35, 0.6)) if bottom else h
+            img[:horizon] = _stuff(rng, top, horizon, w)
+            stuff.append(top)
+            if bottom:
+                img[horizon:] = _stuff(rng, bottom, h - horizon, w)
+                stuff.append(bottom)
         if top == "sky" and rng.uniform() < 0.5:
             props.append("cloud")
             for _ in range(int(rng.integers(1, 4))):
@@ -668,6 +709,8 @@ class World:
                 if own and rng.uniform() < PART_NAMING:
                     names[i] = "thing with " + PART_PHRASES[own[int(rng.integers(len(own)))]]
         if not names:
+            if not stuff:                                      # a view of an unnamed backdrop
+                return "a photo of a plain background."
             return "a photo of " + " and ".join(_a(str(rng.choice(STUFF_WORDS[k]))) for k in stuff) + "."
         kind = int(rng.integers(5))
         if kind == 0:                                          # the text bank's template, once per class

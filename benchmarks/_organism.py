@@ -27,6 +27,9 @@ def world_parser(description: str, out: str, skip_help: str) -> argparse.Argumen
                         help="object size factor of the generated world (1.0: the world the organism learned)")
     parser.add_argument("--parts", action="store_true",
                         help="a world whose objects carry parts (make_synthetic.py --parts), with its knowledge base")
+    parser.add_argument("--varied-backdrops", type=float, default=0.0,
+                        help="chance of an unnamed backdrop in the generated world (make_synthetic.py "
+                             "--varied-backdrops; 0: the world the organism learned)")
     parser.add_argument("--weights", default="organism",
                         help="organism weights: 'organism' (shipped) or a file from tools/pretrain_organism.py")
     return parser
@@ -40,10 +43,13 @@ def world_run(args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
         tag += f"_objects{args.object_scale:g}"
     if args.parts:
         tag += "_parts"
+    if args.varied_backdrops:
+        tag += f"_backdrops{args.varied_backdrops:g}"
     if args.weights != "organism":
         tag += f"_{Path(args.weights).stem}"
     out = Path(args.out).resolve() / tag
-    data = make_data(out / "data", args.seed, args.num_train, args.num_val, args.object_scale, args.parts)
+    data = make_data(out / "data", args.seed, args.num_train, args.num_val, args.object_scale, args.parts,
+                     args.varied_backdrops)
     weights = args.weights if args.weights == "organism" else str(Path(args.weights).resolve())
     overrides = [f"model.clip.pretrained={weights}"]
     if args.parts:
@@ -52,13 +58,14 @@ def world_run(args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
 
 
 def make_data(root: Path, seed: int, num_train: int, num_val: int, object_scale: float = 1.0,
-              parts: bool = False) -> Path:
+              parts: bool = False, varied_backdrops: float = 0.0) -> Path:
     """The world's data for ``seed`` (reused when ``root`` already holds it)."""
     from excel.organism.synthetic import WORLD_SIZE, make_synthetic_voc
 
     if not (root / "lists" / "val.txt").is_file():
         make_synthetic_voc(root, num_train=num_train, num_val=num_val, num_test=0, size=WORLD_SIZE, seed=seed,
-                           progress=True, object_scale=object_scale, parts=parts)
+                           progress=True, object_scale=object_scale, parts=parts,
+                           varied_backdrops=varied_backdrops)
     return root
 
 

@@ -5,7 +5,8 @@ the zero-shot mAP and the +CRF figures of the full rows, whether each sign agree
 affinity refinement wins and loses (benchmarks/compare_labels.py on the full and refinement-off pseudo labels).
 
     python benchmarks/organism_ablations.py --seeds 2026 4242 [--out work_dirs/organism_ablations]
-                                            [--skip-training] [--object-scale 1.0] [--parts] [--weights organism|FILE]
+                                            [--skip-training] [--object-scale 1.0] [--parts] [--varied-backdrops 0]
+                                            [--weights organism|FILE]
 
 Every finished row is kept in ``<out>/seed<S>/rows/`` with the weight file's fingerprint, so a rerun (or a second
 process for another seed) resumes instead of starting over. One seed takes about 35 minutes on 2 CPU cores (three

@@ -28,6 +28,14 @@ def test_world_run_tags_the_folder_and_selects_the_weights(tmp_path):
     # the same scenes with objects of twice the side: clearly more foreground
     assert (data / "lists" / "val.txt").read_text() == (data2 / "lists" / "val.txt").read_text()
     assert _mean_fg(data2) > 2.0 * _mean_fg(data)
+    varied = parser.parse_args(["--seed", "5", "--num-train", "1", "--num-val", "6", "--varied-backdrops", "1"])
+    out3, data3, _ = org.world_run(varied)
+    assert out3.name == "seed5_backdrops1"
+    # the same classes on other backgrounds (the background draws differ, so the objects land elsewhere)
+    first = [np.array(Image.open(p)) for p in sorted((data / "JPEGImages").glob("*.jpg"))]
+    other = [np.array(Image.open(p)) for p in sorted((data3 / "JPEGImages").glob("*.jpg"))]
+    assert len(first) == len(other) and all(a.shape != b.shape or np.abs(a.astype(float) - b).mean() > 10
+                                            for a, b in zip(first, other))
 
 
 def test_ablation_rows_are_cached_by_key(tmp_path):

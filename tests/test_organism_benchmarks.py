@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import _organism as org
@@ -80,3 +81,27 @@ def test_world_run_with_parts_selects_the_part_knowledge_base(tmp_path):
     assert out.name == "seed5_parts" and (data / "lists" / "val.txt").is_file()
     assert overrides == ["model.clip.pretrained=organism",
                          "tse.knowledge_base=excel/knowledge/organism_parts_knowledge_base.json"]
+
+
+def test_backdrop_split_by_hand(tmp_path):
+    """backdrop_split's groups are the scenes drawn on an unnamed backdrop, and its mIoU is pooled per group."""
+    from backdrop_split import backdrop_flags, split_miou
+    from excel.organism.synthetic import WORLD_SIZE, voc_scene
+    from excel.organism.world import World
+
+    flags = backdrop_flags(7, 2, 12, 0.5)
+    assert flags == [voc_scene(7, 3 + k, WORLD_SIZE, World(varied_backdrops=0.5)).stuff == [] for k in range(12)]
+    assert 2 <= sum(flags) <= 10 and backdrop_flags(7, 2, 12, 0.0) == [False] * 12
+    # hand-made maps: 4 images of 2 x 2 pixels, two per group, two classes
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir(), pred_dir.mkdir()
+    gt = np.array([[0, 1], [1, 2]], np.uint8)
+    preds = {"a": gt, "b": gt, "c": np.array([[0, 1], [2, 2]], np.uint8), "d": gt}
+    for name, pred in preds.items():
+        Image.fromarray(gt).save(gt_dir / f"{name}.png")
+        Image.fromarray(pred).save(pred_dir / f"{name}.png")
+    result = split_miou(gt_dir, pred_dir, ["a", "b", "c", "d"], [True, True, False, False], 2)
+    assert result["backdrop"] == pytest.approx(1.0)
+    # named group, pooled: background 2/2; class 1: tp 3, fp 0, fn 1 -> 3/4; class 2: tp 2, fp 1 -> 2/3
+    assert result["named"] == pytest.approx((1 + 3 / 4 + 2 / 3) / 3)
+    assert np.isnan(split_miou(gt_dir, pred_dir, ["a"], [False], 2)["backdrop"])

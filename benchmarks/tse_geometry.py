@@ -15,9 +15,10 @@ This prints, for the config's CLIP and knowledge base:
   patches' dense features (the ones the class maps are made of, algorithm.md §1.7) tell foreground from background
   along the shared part of the mix (0.5: the shared part is image-neutral; above 0.5 it marks objects, below 0.5 it
   marks background), the same AUC along the mean of the class prompts and along the mean of the background prompts
-  (whether any direction the texts share marks background, or only TSE's), and the AUC with which they tell a
-  class's patches from the image's other labelled patches along the class rows minus their mean, before and after
-  TSE;
+  (whether any direction the texts share marks background, or only TSE's) and along the mean of the images'
+  embeddings (what the images share; its norm and its cosines to the class prompts' mean and to the shared part
+  are printed too), and the AUC with which they tell a class's patches from the image's other labelled patches
+  along the class rows minus their mean, before and after TSE;
 - with ``--crops K`` (K random boxes on the patch grid of each of those images), the cosine of the CLIP's image
   embedding of each box's crop (resized to the CLIP's own input side: what the organism's local pretraining term
   distils into the box's dense features) to the class prompts' mean, by the share of the crop's labelled patches on objects.
@@ -117,6 +118,20 @@ def crop_centrality(clip: Any, direction: torch.Tensor, dataset: Any, count: int
             for (lo, hi), (n, v) in zip(zip(CROP_BINS[:-1], CROP_BINS[1:]), bins)]
 
 
+@torch.no_grad()
+def mean_image_embedding(clip: Any, dataset: Any, count: int) -> torch.Tensor:
+    """The mean (D,) of the unit image embeddings of the first ``count`` items of ``dataset`` (each image resized to
+    the CLIP's input side); its norm is 1 when all images embed alike and near 0 when they share nothing."""
+    native = clip.visual.image_size
+    native = int(native[0] if isinstance(native, (tuple, list)) else native)
+    total = None
+    for i in range(count):
+        x = F.interpolate(dataset[i]["image"][None], size=(native, native), mode="bilinear", align_corners=False)
+        e = F.normalize(clip.encode_image(x), dim=-1)[0]
+        total = e if total is None else total + e
+    return total / count
+
+
 def direction_aucs(dense: torch.Tensor, foreground: torch.Tensor, directions: dict[str, torch.Tensor]) -> dict[str, float]:
     """For each named direction (D,), the AUC with which the projection of the patches' features dense (P, D) on it
     ranks the foreground patches (boolean (P,)) above the background ones: 0.5 image-neutral, below 0.5 it marks
@@ -209,6 +224,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         count = min(args.images, len(dataset))
         generic = {"the class prompts' mean": F.normalize(fg.mean(dim=0), dim=0),
                    "the background prompts' mean": F.normalize(bg.mean(dim=0), dim=0)}
+        image_mean = mean_image_embedding(clip, dataset, count)
+        generic["the images' mean embedding"] = F.normalize(image_mean, dim=0)
+        result["image_mean"] = {"resultant_length": float(image_mean.norm()),
+                                "cos_class_mean": float(generic["the images' mean embedding"]
+                                                        @ generic["the class prompts' mean"]),
+                                "cos_shared": float(generic["the images' mean embedding"] @ F.normalize(shared, dim=0))}
+        im = result["image_mean"]
+        print(f"the images' mean embedding ({count} images): resultant length {im['resultant_length']:.3f} (0: the "
+              f"images share nothing), cos to the class prompts' mean {im['cos_class_mean']:.3f}, to the shared part "
+              f"{im['cos_shared']:.3f}")
         result["patches"] = patch_auc(model, fg, enriched, F.normalize(shared, dim=0), dataset, count,
                                       int(cfg.model.input_size), generic)
         p = result["patches"]

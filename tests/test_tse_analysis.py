@@ -92,8 +92,11 @@ def test_tse_geometry_runs_on_a_tiny_clip(mini_voc, tmp_path, capsys):
     assert text["shared_norm"] <= text["mix_norm"] + text["class_specific_norm"] + 1e-6
     assert 0 <= patches["shared_foreground_auc"] <= 1 and patches["images"] == 4
     generic = patches["generic_foreground_auc"]
-    assert set(generic) == {"the class prompts' mean", "the background prompts' mean"}
+    assert set(generic) == {"the class prompts' mean", "the background prompts' mean", "the images' mean embedding"}
     assert all(0 <= v <= 1 for v in generic.values())
+    image_mean = out["image_mean"]
+    assert 0 < image_mean["resultant_length"] <= 1 + 1e-6
+    assert -1 <= image_mean["cos_class_mean"] <= 1 and -1 <= image_mean["cos_shared"] <= 1
     assert all(0 <= v <= 1 for v in patches["class_auc"].values())
     printed = capsys.readouterr().out
     assert "foreground vs background along the shared part" in printed and "text bank" in printed
@@ -115,3 +118,23 @@ def test_direction_aucs_hand_computed():
     # along x: fg (3, 1) against bg (2, 0) wins 3 of 4 pairs; along y: fg (0, 2) against bg (1, 3) wins 1 of 4;
     # along x + y every patch scores 3: all ties, 0.5
     assert aucs == pytest.approx({"x": 0.75, "y": 0.25, "sum": 0.5})
+
+
+def test_mean_image_embedding_by_hand():
+    """Two images embedding to orthogonal unit vectors have a mean of norm 1/sqrt(2); alike, of norm 1."""
+    from types import SimpleNamespace
+
+    from tse_geometry import mean_image_embedding
+
+    class Fake:
+        visual = SimpleNamespace(image_size=(8, 8))
+
+        def encode_image(self, x):            # (1, 3, 8, 8) -> (1, 2): [a, b] scaled by 3 (normalised by the tool)
+            assert x.shape == (1, 3, 8, 8)
+            return 3 * torch.stack([x[:, 0].mean(), x[:, 1].mean()])[None]
+
+    red, green = torch.zeros(3, 5, 6), torch.zeros(3, 5, 6)
+    red[0], green[1] = 1, 1
+    mean = mean_image_embedding(Fake(), [{"image": red}, {"image": green}], 2)
+    assert torch.allclose(mean, torch.tensor([0.5, 0.5])) and math.isclose(float(mean.norm()), 2 ** -0.5, rel_tol=1e-6)
+    assert torch.allclose(mean_image_embedding(Fake(), [{"image": red}, {"image": red}], 2), torch.tensor([1.0, 0.0]))

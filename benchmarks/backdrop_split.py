@@ -52,33 +52,16 @@ def split_miou(gt_dir: Path, pred_dir: Path, names: Sequence[str], flags: Sequen
             for label, flag in (("backdrop", True), ("named", False))}
 
 
-class _Subset:
-    def __init__(self, dataset: Any, index: Sequence[int]):
-        self.dataset, self.index = dataset, list(index)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.dataset[self.index[i]]
-
-
 def split_auc(cfg: Any, flags: Sequence[bool], images: int) -> dict[str, float]:
     """Foreground AUC of TSE's shared part on the first ``images`` val images of each group."""
     import torch.nn.functional as F
+    from torch.utils.data import Subset
 
-    from excel.backbone import load_tokenizer
     from excel.data import build_dataset
-    from excel.model import build_model, load_configured_clip
-    from excel.text import encode_prompts, prepare_cluster_bank
-    from excel.text.analysis import tse_parts
-    from tse_geometry import patch_auc
+    from excel.model import build_model
+    from tse_geometry import patch_auc, text_parts
 
-    clip = load_configured_clip(cfg.model.clip).eval()
-    tokenizer = load_tokenizer(cfg.model.clip.name)
-    fg = encode_prompts(clip, tokenizer, list(cfg.data.prompt_names), list(cfg.text.templates))
-    bank = prepare_cluster_bank(cfg, clip, tokenizer)
-    _, _, shared = tse_parts(fg, bank.centers.to(fg), float(cfg.tse.top_k))
+    clip, fg, _, _, shared = text_parts(cfg)
     model = build_model(cfg, clip, mode="val").eval()
     dataset = build_dataset(cfg, "val", stage="val")
     out = {}
@@ -87,9 +70,8 @@ def split_auc(cfg: Any, flags: Sequence[bool], images: int) -> dict[str, float]:
         if not index:
             out[label] = float("nan")
             continue
-        with torch.no_grad():
-            record = patch_auc(model, fg, model.text_bank[:fg.shape[0]], F.normalize(shared, dim=0),
-                               _Subset(dataset, index), len(index), int(cfg.model.input_size))
+        record = patch_auc(model, fg, model.text_bank[:fg.shape[0]], F.normalize(shared, dim=0),
+                           Subset(dataset, index), len(index), int(cfg.model.input_size))
         out[label] = record["shared_foreground_auc"]
     return out
 

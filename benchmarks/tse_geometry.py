@@ -175,12 +175,29 @@ def patch_auc(model: Any, fg: torch.Tensor, enriched: torch.Tensor, shared: torc
             "class_auc": {k: sum(v) / len(v) if v else float("nan") for k, v in class_aucs.items()}}
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def text_parts(cfg: Any) -> tuple[Any, torch.Tensor, torch.Tensor, Any, torch.Tensor]:
+    """The config's CLIP (eval mode), its class and background prompt rows fg (C, D) and bg (K - C, D), its TSE
+    cluster bank, and the part of TSE's mix every class shares (D,), not normalised."""
     from excel.backbone import load_tokenizer
-    from excel.data import build_dataset
-    from excel.model import build_model, load_configured_clip
+    from excel.model import load_configured_clip
     from excel.text import encode_prompts, prepare_cluster_bank
     from excel.text.analysis import tse_parts
+
+    clip = load_configured_clip(cfg.model.clip).eval()
+    tokenizer = load_tokenizer(cfg.model.clip.name)
+    templates = list(cfg.text.templates)
+    fg = encode_prompts(clip, tokenizer, list(cfg.data.prompt_names), templates)
+    bg = encode_prompts(clip, tokenizer, list(cfg.data.background_names), templates)
+    bank = prepare_cluster_bank(cfg, clip, tokenizer)
+    if bank is None:
+        raise SystemExit("the config has no TSE source: set tse.knowledge_base or tse.bank_file")
+    _, _, shared = tse_parts(fg, bank.centers.to(fg), float(cfg.tse.top_k))
+    return clip, fg, bg, bank, shared
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from excel.data import build_dataset
+    from excel.model import build_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(CONFIG_DIR / "organism.yaml"))
@@ -191,14 +208,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, [*args.overrides, "tse.enabled=true", "tse.mix=full"])
-    clip = load_configured_clip(cfg.model.clip).eval()
-    tokenizer = load_tokenizer(cfg.model.clip.name)
-    templates = list(cfg.text.templates)
-    fg = encode_prompts(clip, tokenizer, list(cfg.data.prompt_names), templates)
-    bg = encode_prompts(clip, tokenizer, list(cfg.data.background_names), templates)
-    bank = prepare_cluster_bank(cfg, clip, tokenizer)
-    if bank is None:
-        raise SystemExit("the config has no TSE source: set tse.knowledge_base or tse.bank_file")
+    clip, fg, bg, bank, shared = text_parts(cfg)
     top_k = float(cfg.tse.top_k)
     result = {"text": text_geometry(fg, bg, bank.centers.to(fg), bank.flags, top_k)}
     t = result["text"]
@@ -218,7 +228,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"{t['background_to_class_mean']:.3f}")
     if args.images > 0:
         model = build_model(cfg, clip, mode="val").eval()
-        _, _, shared = tse_parts(fg, bank.centers.to(fg), top_k)
         enriched = model.text_bank[:fg.shape[0]]
         dataset = build_dataset(cfg, args.split, stage="val")
         count = min(args.images, len(dataset))

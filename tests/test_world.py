@@ -228,7 +228,7 @@ def test_make_synthetic_and_world_stats_take_the_part_world(tmp_path, capsys):
 
 def test_varied_backdrops_replace_the_named_stuff_and_leave_the_default_stream():
     """At 0 every scene is the shipped organism's; at 1 every background is an unnamed backdrop whose look changes
-    from scene to scene, with the same objects drawn the same way."""
+    from scene to scene (the backdrop's draws come first, so the objects land elsewhere than at 0)."""
     from excel.organism.world import _backdrop
 
     plain = [World().render(np.random.default_rng([4, i]), 120, 160) for i in range(12)]

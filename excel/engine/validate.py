@@ -15,6 +15,7 @@ from excel.engine import dist
 from excel.engine.inference import resize_square
 from excel.engine.sharded import eval_loader
 from excel.evaluation import ConfusionMatrix
+from excel.model.decoder import attn_pred
 from excel.utils.tensors import grid_side
 
 
@@ -27,7 +28,8 @@ def validate(model, dataset: Dataset, cfg: DictConfig, device: torch.device,
     image of ``dataset`` is scored, or the first ``eval.max_images`` of them.
 
     ``eval.batch_size`` images share one forward pass (each resized to the square input first); every image is
-    scored as at batch 1, up to the float rounding of batched matrix products.
+    scored as at batch 1, up to the float rounding of batched matrix products: its predicted affinity Q is taken
+    from its own Gram matrix, whose mean would otherwise run over the group (quirk 9).
 
     Returns dict(seg_miou, pseudo_miou, seg_table, pseudo_table, seg, pseudo) with the two ConfusionMatrix results.
     """
@@ -70,8 +72,8 @@ def _score_group(model, group: list[dict[str, Any]], cfg: DictConfig, device: to
         logits = F.interpolate(out.seg_logits[one].float(), size=label.shape[-2:], mode="bilinear",
                                align_corners=False)
         seg_cm.update(logits.argmax(1), label)
-        pseudo = labeler(out.encoded.take(one), batch["cls_label"].to(device), inputs[one], label.shape[-2:],
-                         out.attn_pred[one])
+        q = out.attn_pred if len(group) == 1 else attn_pred(out.fused[one])   # Q of this image alone
+        pseudo = labeler(out.encoded.take(one), batch["cls_label"].to(device), inputs[one], label.shape[-2:], q)
         pseudo_cm.update(pseudo, label)
 
 

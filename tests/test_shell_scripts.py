@@ -157,8 +157,9 @@ def test_the_multi_machine_variables_reach_torchrun(launch_checkout):
         (call,) = _launch(root, [script, "0,1,2,3", "4", "val", "ckpt.pth"], env)
         assert call == [*TORCHRUN, *flags, "--nproc_per_node=4", f"tools/{tool}", "infer.split=val",
                         "infer.checkpoint=ckpt.pth"], script
+    outside = {k: v for k, v in os.environ.items() if k not in ENV_CHOICE}   # the checkout's .venv, as in _launch
     out = subprocess.run(["bash", "run_train.sh", "scripts/train_voc.py"], cwd=root, capture_output=True, text=True,
-                         env={**os.environ, "PATH": f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}",
+                         env={**outside, "PATH": f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}",
                               "NNODES": "2", "NODE_RANK": "2"})
     assert out.returncode == 2 and "NODE_RANK=2 must be below NNODES=2" in out.stderr
 

@@ -1,14 +1,18 @@
 """Where TSE gains and loses in a world with unnamed backdrops (docs/organism.md, "Why TSE does not help").
 
     python benchmarks/backdrop_split.py --seed S --varied-backdrops P [--out work_dirs/organism_ablations]
-                                        [--weights organism|FILE] [--images 40]
+                                        [--weights organism|FILE] [--images 40] [--segmentation]
 
 Run it after ``python benchmarks/organism_ablations.py --seeds S --varied-backdrops P --skip-training`` with the
 same arguments: it reads that run's pseudo labels. For the rows full, TSE off and TSE's two parts
 (``ablations/tse_shared_only.yaml``, ``ablations/tse_class_specific.yaml``) it prints the pseudo labels' mIoU
 (pooled over the images) on the val images whose background is an unnamed backdrop and on those on the named
 stuff kinds; with ``--images N`` (default 40, 0: none) also the foreground AUC of TSE's shared part on the first N
-images of each group (``benchmarks/tse_geometry.py``'s measure: below 0.5 it marks background).
+images of each group (``benchmarks/tse_geometry.py``'s measure: below 0.5 it marks background). With
+``--segmentation``, also the MS+flip segmentation (no CRF) of each training of that run that has finished
+(``organism_ablations.py`` without ``--skip-training``), split the same way, with the share of pixels it gives a
+class the image does not hold (per foreground pixel); its logits are kept in
+``<run>/train_<name>/segmentation_split/``.
 """
 from __future__ import annotations
 
@@ -52,6 +56,49 @@ def split_miou(gt_dir: Path, pred_dir: Path, names: Sequence[str], flags: Sequen
             for label, flag in (("backdrop", True), ("named", False))}
 
 
+def absent_class_share(gt_dir: Path, pred_dir: Path, names: Sequence[str], flags: Sequence[bool],
+                       num_classes: int) -> dict[str, float]:
+    """Pixels labelled with a class the image does not hold, per foreground pixel of the ground truth, pooled over
+    the images of each group (0 for pseudo labels, which know the image's classes; a decoder has to guess them)."""
+    from excel.data.voc import load_label
+
+    absent, foreground = {True: 0, False: 0}, {True: 0, False: 0}
+    for name, flag in zip(names, flags):
+        gt = load_label(gt_dir / f"{name}.png", num_classes)
+        pred = load_label(pred_dir / f"{name}.png", num_classes, size=gt.shape)
+        valid = gt != 255
+        held = np.unique(gt[valid])
+        absent[flag] += int((valid & (pred > 0) & ~np.isin(pred, held)).sum())
+        foreground[flag] += int((valid & (gt > 0)).sum())
+    return {label: (absent[flag] / foreground[flag] if foreground[flag] else float("nan"))
+            for label, flag in (("backdrop", True), ("named", False))}
+
+
+def split_segmentation(cfg: Any, checkpoint: Path, out_dir: Path, names: Sequence[str], flags: Sequence[bool],
+                       gt_dir: Path) -> dict[str, dict[str, float]]:
+    """:func:`split_miou` ("miou") and :func:`absent_class_share` ("absent") of the argmax of ``checkpoint``'s
+    MS+flip logits on val (``tools/infer_seg_voc.py`` with ``infer.save_logits``, no CRF), written to ``out_dir``
+    (reused when every image's logits are there)."""
+    from PIL import Image
+
+    from excel.engine.segment import segment
+
+    logits = out_dir / "logits"
+    if not all((logits / f"{name}.npy").is_file() for name in names):
+        seg_cfg = cfg.copy()
+        seg_cfg.infer.split, seg_cfg.infer.checkpoint, seg_cfg.infer.crf = "val", str(checkpoint), False
+        seg_cfg.infer.save_logits, seg_cfg.infer.output_dir = True, str(out_dir)
+        segment(seg_cfg, tool="infer_seg_voc")
+    pred_dir = out_dir / "pred"
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        label = np.load(logits / f"{name}.npy").astype(np.float32).argmax(0).astype(np.uint8)
+        Image.fromarray(label).save(pred_dir / f"{name}.png")
+    num_classes = len(cfg.data.class_names)
+    return {"miou": split_miou(gt_dir, pred_dir, names, flags, num_classes),
+            "absent": absent_class_share(gt_dir, pred_dir, names, flags, num_classes)}
+
+
 def split_auc(cfg: Any, flags: Sequence[bool], images: int) -> dict[str, float]:
     """Foreground AUC of TSE's shared part on the first ``images`` val images of each group."""
     import torch.nn.functional as F
@@ -79,6 +126,8 @@ def split_auc(cfg: Any, flags: Sequence[bool], images: int) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = org.world_parser(__doc__.splitlines()[0], "work_dirs/organism_ablations", "(ignored: training-free)")
     parser.add_argument("--images", type=int, default=40, help="images per group for the AUC (0: none)")
+    parser.add_argument("--segmentation", action="store_true",
+                        help="also split the MS+flip segmentation of each finished training of the run")
     args = parser.parse_args(argv)
     org.quiet()
     if args.varied_backdrops <= 0:
@@ -103,6 +152,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
         miou = split_miou(data / "SegmentationClassAug", folder, names, flags, num_classes)
         result["miou"][row] = miou
         print(f"{row:<40s} {100 * miou['backdrop']:9.1f} {100 * miou['named']:9.1f}")
+    if args.segmentation:
+        result["segmentation"] = {}
+        for train_dir in sorted(out.glob("train_*")):
+            seg_cfg = org.organism_config(data, train_dir, overrides=weights)
+            last = train_dir / "checkpoints" / f"iter_{int(seg_cfg.train.max_iters):07d}.pth"
+            if not last.is_file():                  # not finished (yet)
+                continue
+            row = train_dir.name[len("train_"):].replace("_", " ")
+            seg = split_segmentation(seg_cfg, last, train_dir / "segmentation_split", names, flags,
+                                     data / "SegmentationClassAug")
+            result["segmentation"][row] = seg
+            miou, absent = seg["miou"], seg["absent"]
+            print(f"{'segmentation MS+flip, ' + row:<40s} {100 * miou['backdrop']:9.1f} {100 * miou['named']:9.1f}")
+            print(f"{'  absent-class pixels / foreground':<40s} {absent['backdrop']:9.2f} {absent['named']:9.2f}")
     if args.images > 0:
         result["shared_foreground_auc"] = split_auc(cfg, flags, args.images)
         auc = result["shared_foreground_auc"]

@@ -105,3 +105,22 @@ def test_backdrop_split_by_hand(tmp_path):
     # named group, pooled: background 2/2; class 1: tp 3, fp 0, fn 1 -> 3/4; class 2: tp 2, fp 1 -> 2/3
     assert result["named"] == pytest.approx((1 + 3 / 4 + 2 / 3) / 3)
     assert np.isnan(split_miou(gt_dir, pred_dir, ["a"], [False], 2)["backdrop"])
+    # the segmentation split: the argmax of kept logits (3 labels, 2 x 2), no inference when they are all there
+    from types import SimpleNamespace
+
+    from backdrop_split import absent_class_share, split_segmentation
+
+    seg = tmp_path / "seg"
+    (seg / "logits").mkdir(parents=True)
+    for name, pred in preds.items():
+        np.save(seg / "logits" / f"{name}.npy", np.eye(3, dtype=np.float16)[pred].transpose(2, 0, 1) * 4 - 1)
+    cfg = SimpleNamespace(data=SimpleNamespace(class_names=["one", "two"]))
+    split = split_segmentation(cfg, tmp_path / "unused.pth", seg, ["a", "b", "c", "d"], [True, True, False, False],
+                               gt_dir)
+    assert split["miou"] == result
+    # absent classes: image "c" holds classes 1 and 2, so its one changed pixel (1 -> 2) names a held class
+    assert split["absent"] == {"backdrop": 0.0, "named": 0.0}
+    Image.fromarray(np.array([[0, 0], [1, 1]], np.uint8)).save(gt_dir / "g.png")     # holds 1 only
+    Image.fromarray(np.array([[2, 1], [2, 0]], np.uint8)).save(pred_dir / "g.png")   # 2 (absent) twice
+    absent = absent_class_share(gt_dir, pred_dir, ["g", "a"], [True, False], 2)
+    assert absent["backdrop"] == pytest.approx(2 / 2) and absent["named"] == 0.0

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from excel.config import CONFIG_DIR, load_config
+from excel.organism.world import BACKDROP_KINDS
 
 
 PARTS_KNOWLEDGE_BASE = "excel/knowledge/organism_parts_knowledge_base.json"   # the part world's (World(parts=True))
@@ -30,6 +31,8 @@ def world_parser(description: str, out: str, skip_help: str) -> argparse.Argumen
     parser.add_argument("--varied-backdrops", type=float, default=0.0,
                         help="chance of an unnamed backdrop in the generated world (make_synthetic.py "
                              "--varied-backdrops; 0: the world the organism learned)")
+    parser.add_argument("--backdrop-kinds", nargs="+", choices=BACKDROP_KINDS, default=list(BACKDROP_KINDS),
+                        help="the kinds of unnamed backdrop drawn (make_synthetic.py --backdrop-kinds)")
     parser.add_argument("--weights", default="organism",
                         help="organism weights: 'organism' (shipped) or a file from tools/pretrain_organism.py")
     return parser
@@ -45,11 +48,13 @@ def world_run(args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
         tag += "_parts"
     if args.varied_backdrops:
         tag += f"_backdrops{args.varied_backdrops:g}"
+        if tuple(args.backdrop_kinds) != BACKDROP_KINDS:
+            tag += "-" + "-".join(args.backdrop_kinds)
     if args.weights != "organism":
         tag += f"_{Path(args.weights).stem}"
     out = Path(args.out).resolve() / tag
     data = make_data(out / "data", args.seed, args.num_train, args.num_val, args.object_scale, args.parts,
-                     args.varied_backdrops)
+                     args.varied_backdrops, args.backdrop_kinds)
     weights = args.weights if args.weights == "organism" else str(Path(args.weights).resolve())
     overrides = [f"model.clip.pretrained={weights}"]
     if args.parts:
@@ -58,14 +63,15 @@ def world_run(args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
 
 
 def make_data(root: Path, seed: int, num_train: int, num_val: int, object_scale: float = 1.0,
-              parts: bool = False, varied_backdrops: float = 0.0) -> Path:
+              parts: bool = False, varied_backdrops: float = 0.0,
+              backdrop_kinds: Sequence[str] = BACKDROP_KINDS) -> Path:
     """The world's data for ``seed`` (reused when ``root`` already holds it)."""
     from excel.organism.synthetic import WORLD_SIZE, make_synthetic_voc
 
     if not (root / "lists" / "val.txt").is_file():
         make_synthetic_voc(root, num_train=num_train, num_val=num_val, num_test=0, size=WORLD_SIZE, seed=seed,
                            progress=True, object_scale=object_scale, parts=parts,
-                           varied_backdrops=varied_backdrops)
+                           varied_backdrops=varied_backdrops, backdrop_kinds=backdrop_kinds)
     return root
 
 

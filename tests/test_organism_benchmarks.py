@@ -32,6 +32,9 @@ def test_world_run_tags_the_folder_and_selects_the_weights(tmp_path):
     varied = parser.parse_args(["--seed", "5", "--num-train", "1", "--num-val", "6", "--varied-backdrops", "1"])
     out3, data3, _ = org.world_run(varied)
     assert out3.name == "seed5_backdrops1"
+    smooth = parser.parse_args(["--seed", "5", "--num-train", "1", "--num-val", "1", "--varied-backdrops", "1",
+                                "--backdrop-kinds", "blend", "gradient"])
+    assert org.world_run(smooth)[0].name == "seed5_backdrops1-blend-gradient"
     # the same classes on other backgrounds (the background draws differ, so the objects land elsewhere)
     first = [np.array(Image.open(p)) for p in sorted((data / "JPEGImages").glob("*.jpg"))]
     other = [np.array(Image.open(p)) for p in sorted((data3 / "JPEGImages").glob("*.jpg"))]

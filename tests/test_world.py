@@ -273,3 +273,33 @@ def test_make_synthetic_and_world_stats_take_varied_backdrops(tmp_path, capsys):
     assert load_script("benchmarks/world_stats.py").main(["--varied-backdrops", "0.5", "--seed", "3",
                                                           "--num-train", "2", "--num-val", "4"]) == 0
     assert "unnamed backdrops in 50% of scenes" in capsys.readouterr().out
+
+
+def test_backdrop_kinds_choose_the_look_not_the_scenes(tmp_path):
+    """``backdrop_kinds`` limits the backdrops' kinds; which scenes stand on a backdrop stays the same, and the
+    dataset tool passes the choice on."""
+    from PIL import Image
+
+    from _tools import load_tool
+    from excel.organism.world import BACKDROP_KINDS
+
+    every, smooth = World(varied_backdrops=0.5), World(varied_backdrops=0.5, backdrop_kinds=("blend", "gradient"))
+    assert every.backdrop_kinds == BACKDROP_KINDS and smooth.backdrop_kinds == ("blend", "gradient")
+    a = [every.render(np.random.default_rng([9, i]), 60, 80) for i in range(16)]
+    b = [smooth.render(np.random.default_rng([9, i]), 60, 80) for i in range(16)]
+    assert [s.stuff == [] for s in a] == [s.stuff == [] for s in b] and 3 <= sum(s.stuff == [] for s in a) <= 13
+    # named scenes are the same scenes; a backdrop scene differs where the kind differs
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b) if x.stuff)
+    with pytest.raises(ValueError, match="backdrop_kinds"):
+        World(varied_backdrops=0.5, backdrop_kinds=("stripes",))
+    with pytest.raises(ValueError, match="backdrop_kinds"):
+        World(backdrop_kinds=())
+    roots = {}
+    for kinds in (["blend"], ["tiles"]):
+        roots[kinds[0]] = tmp_path / kinds[0]
+        assert load_tool("make_synthetic").main(["--root", str(roots[kinds[0]]), "--num-train", "3", "--num-val", "0",
+                                                 "--num-test", "0", "--seed", "3", "--varied-backdrops", "1",
+                                                 "--backdrop-kinds", *kinds]) == 0
+    images = [[np.asarray(Image.open(roots[k] / "JPEGImages" / f"2007_00000{i}.jpg"), float) for i in (1, 2, 3)]
+              for k in ("blend", "tiles")]
+    assert all(x.shape != y.shape or np.abs(x - y).mean() > 3 for x, y in zip(*images))

@@ -18,6 +18,7 @@ from excel.errors import UsageError
 
 def main(argv: list[str] | None = None) -> int:
     from excel.organism.synthetic import WORLD_SIZE, make_synthetic_coco, make_synthetic_voc
+    from excel.organism.world import BACKDROP_KINDS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="output dataset folder")
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--varied-backdrops", type=float, default=0.0,
                         help="chance that a scene's background is an unnamed backdrop of random colours and pattern "
                              "(0: the world the shipped organism learned)")
+    parser.add_argument("--backdrop-kinds", nargs="+", choices=BACKDROP_KINDS, default=list(BACKDROP_KINDS),
+                        help="the kinds of unnamed backdrop drawn (default: all)")
     args = parser.parse_args(argv)
     if min(args.num_train, args.num_val, args.num_test) < 0:
         raise UsageError(f"image counts must be >= 0, got --num-train {args.num_train} --num-val {args.num_val} "
@@ -42,12 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.coco:
         root = make_synthetic_coco(args.root, num_train=args.num_train, num_val=args.num_val, size=WORLD_SIZE,
                                    seed=args.seed, progress=True, object_scale=args.object_scale,
-                                   parts=args.parts, varied_backdrops=args.varied_backdrops)
+                                   parts=args.parts, varied_backdrops=args.varied_backdrops,
+                                   backdrop_kinds=args.backdrop_kinds)
     else:
         root = make_synthetic_voc(args.root, num_train=args.num_train, num_val=args.num_val,
                                   num_test=args.num_test, size=WORLD_SIZE, seed=args.seed, progress=True,
                                   object_scale=args.object_scale, parts=args.parts,
-                                  varied_backdrops=args.varied_backdrops)
+                                  varied_backdrops=args.varied_backdrops, backdrop_kinds=args.backdrop_kinds)
     print(f"wrote {args.num_train} train / {args.num_val} val images of the generated world to {root}")
     return 0
 

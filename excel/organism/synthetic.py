@@ -18,7 +18,7 @@ from tqdm import tqdm
 from excel.data.classes import COCO_CLASSES, VOC_CLASSES
 from excel.data.palette import voc_palette
 from excel.data.voc import multi_hot, save_cls_labels
-from excel.organism.world import Scene, World
+from excel.organism.world import BACKDROP_KINDS, Scene, World
 from excel.utils.io import atomic_path, atomic_write_text
 
 WORLD_SIZE = ((240, 320), (240, 320))  # the organism's world: sides 240-320 px (aspect 0.75-1.33, as VOC)
@@ -82,7 +82,7 @@ def _write_list(path: Path, names: Sequence[str]) -> None:
 def make_synthetic_voc(root: str | os.PathLike, num_train: int = 8, num_val: int = 4, num_test: int = 2,
                        size: Size = (96, 128), seed: int = 0, classes: Sequence[str] = VOC_CLASSES,
                        progress: bool = False, object_scale: float = 1.0, parts: bool = False,
-                       varied_backdrops: float = 0.0) -> Path:
+                       varied_backdrops: float = 0.0, backdrop_kinds: Sequence[str] = BACKDROP_KINDS) -> Path:
     """Generate a VOC-layout mini dataset under ``root`` and return ``root``.
 
     Layout: ``JPEGImages/<id>.jpg``, ``SegmentationClassAug/<id>.png`` (train and val only, as in VOC),
@@ -96,9 +96,11 @@ def make_synthetic_voc(root: str | os.PathLike, num_train: int = 8, num_val: int
         object_scale: the world's object size factor (:class:`~excel.organism.world.World`; 1.0: the organism's).
         parts: objects with parts (wheels, legs, ...: :class:`~excel.organism.world.World`'s ``parts``).
         varied_backdrops: the chance of an unnamed backdrop (:class:`~excel.organism.world.World`; 0: the organism's).
+        backdrop_kinds: the kinds of backdrop drawn (:class:`~excel.organism.world.World`).
     """
     root = Path(root)
-    world = World(classes, object_scale=object_scale, parts=parts, varied_backdrops=varied_backdrops)
+    world = World(classes, object_scale=object_scale, parts=parts, varied_backdrops=varied_backdrops,
+                  backdrop_kinds=backdrop_kinds)
     num_classes = len(classes)
     if num_train < 0 or num_val < 0 or num_test < 0:
         raise ValueError(f"split sizes must be >= 0, got train={num_train} val={num_val} test={num_test}")
@@ -133,7 +135,7 @@ def make_synthetic_voc(root: str | os.PathLike, num_train: int = 8, num_val: int
 def make_synthetic_coco(root: str | os.PathLike, num_train: int = 6, num_val: int = 4, size: Size = (96, 128),
                         seed: int = 0, num_classes: int = 80, layout: str = "reference",
                         progress: bool = False, object_scale: float = 1.0, parts: bool = False,
-                        varied_backdrops: float = 0.0) -> Path:
+                        varied_backdrops: float = 0.0, backdrop_kinds: Sequence[str] = BACKDROP_KINDS) -> Path:
     """Generate a COCO-2014-style mini dataset (labels 0..80, 255 ignore) and return ``root``.
 
     ``layout="reference"``: ``JPEGImages/{train,val}/COCO_{train,val}2014_<12 digits>.jpg`` and
@@ -146,7 +148,7 @@ def make_synthetic_coco(root: str | os.PathLike, num_train: int = 6, num_val: in
     root = Path(root)
     world = World(COCO_CLASSES[:num_classes] if num_classes <= len(COCO_CLASSES)
                   else [f"class_{c}" for c in range(num_classes)], object_scale=object_scale, parts=parts,
-                  varied_backdrops=varied_backdrops)
+                  varied_backdrops=varied_backdrops, backdrop_kinds=backdrop_kinds)
     names: dict[str, list[str]] = {"train": [], "val": []}
     cls_labels: dict[str, np.ndarray] = {}
     index = 0

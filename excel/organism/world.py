@@ -481,14 +481,14 @@ def _stuff(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
 BACKDROP_KINDS = ("blend", "bands", "gradient", "tiles")
 
 
-def _backdrop(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """An unnamed background (H, W, 3) float32 on 0..255: two random muted colours in one of
-    :data:`BACKDROP_KINDS` (a smooth blend, wavy bands at a random angle, a gradient, large faint tiles) with
+def _backdrop(rng: np.random.Generator, h: int, w: int, kinds: Sequence[str] = BACKDROP_KINDS) -> np.ndarray:
+    """An unnamed background (H, W, 3) float32 on 0..255: two random muted colours in one of ``kinds`` (of
+    :data:`BACKDROP_KINDS`: a smooth blend, wavy bands at a random angle, a gradient, large faint tiles) with
     random scales, so that no look recurs across scenes as the named stuff kinds do. No background name describes
     it."""
     yy, xx = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
     a, b = (rng.uniform(60, 190) + rng.uniform(-45, 45, 3) for _ in range(2))     # muted, as stuff is
-    kind = BACKDROP_KINDS[int(rng.integers(len(BACKDROP_KINDS)))]
+    kind = kinds[int(rng.integers(len(kinds)))]
     if kind == "blend":
         t = np.clip(0.5 + _smooth_noise(rng, h, w, int(rng.integers(3, 9)), 0.6), 0, 1)
     elif kind == "bands":
@@ -534,16 +534,24 @@ class World:
     ``varied_backdrops`` is the chance that a scene's background is an unnamed backdrop (:func:`_backdrop`: random
     colours and pattern) instead of the named stuff kinds, so that the background is not the same few looks in
     every image, as it is not in VOC. Its caption then names no background. At 0 no draw is taken, so every scene
-    is the one the shipped organism learned.
+    is the one the shipped organism learned. ``backdrop_kinds`` limits the backdrops to some of
+    :data:`BACKDROP_KINDS` (e.g. the smooth ones, "blend" and "gradient", without the bands and tiles that look
+    like striped and checked objects); which scenes get a backdrop does not depend on it.
     """
 
     def __init__(self, class_names: Sequence[str] | None = None, prompt_names: Sequence[str] | None = None,
-                 object_scale: float = 1.0, parts: bool = False, varied_backdrops: float = 0.0):
+                 object_scale: float = 1.0, parts: bool = False, varied_backdrops: float = 0.0,
+                 backdrop_kinds: Sequence[str] = BACKDROP_KINDS):
         if not 0.0 < float(object_scale) <= 4.0:
             raise ValueError(f"object_scale must be in (0, 4], got {object_scale}")
         if not 0.0 <= float(varied_backdrops) <= 1.0:
             raise ValueError(f"varied_backdrops must be a probability in [0, 1], got {varied_backdrops}")
         self.varied_backdrops = float(varied_backdrops)
+        unknown = [k for k in backdrop_kinds if k not in BACKDROP_KINDS]
+        if unknown or not backdrop_kinds:
+            raise ValueError(f"backdrop_kinds must be a non-empty choice of {list(BACKDROP_KINDS)}, got "
+                             f"{list(backdrop_kinds)}")
+        self.backdrop_kinds = tuple(backdrop_kinds)
         self.object_scale = float(object_scale)
         self.parts = bool(parts)
         self.signatures = signatures_for(class_names or [s.name for s in VOC_SIGNATURES])
@@ -591,7 +599,7 @@ class World:
         props: list[str] = []
         top = None
         if self.varied_backdrops > 0 and rng.uniform() < self.varied_backdrops:
-            img[:] = _backdrop(rng, h, w)
+            img[:] = _backdrop(rng, h, w, self.backdrop_kinds)
             horizon = h
         else:
             top, bottom = self._layout(rng, classes)

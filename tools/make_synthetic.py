@@ -42,16 +42,13 @@ def main(argv: list[str] | None = None) -> int:
                          f"--num-test {args.num_test}")
     if Path(args.root).exists() and not Path(args.root).is_dir():
         raise UsageError(f"--root {args.root}: exists and is not a folder")
+    world = dict(size=WORLD_SIZE, seed=args.seed, progress=True, object_scale=args.object_scale, parts=args.parts,
+                 varied_backdrops=args.varied_backdrops, backdrop_kinds=args.backdrop_kinds)
     if args.coco:
-        root = make_synthetic_coco(args.root, num_train=args.num_train, num_val=args.num_val, size=WORLD_SIZE,
-                                   seed=args.seed, progress=True, object_scale=args.object_scale,
-                                   parts=args.parts, varied_backdrops=args.varied_backdrops,
-                                   backdrop_kinds=args.backdrop_kinds)
+        root = make_synthetic_coco(args.root, num_train=args.num_train, num_val=args.num_val, **world)
     else:
         root = make_synthetic_voc(args.root, num_train=args.num_train, num_val=args.num_val,
-                                  num_test=args.num_test, size=WORLD_SIZE, seed=args.seed, progress=True,
-                                  object_scale=args.object_scale, parts=args.parts,
-                                  varied_backdrops=args.varied_backdrops, backdrop_kinds=args.backdrop_kinds)
+                                  num_test=args.num_test, **world)
     print(f"wrote {args.num_train} train / {args.num_val} val images of the generated world to {root}")
     return 0
 

@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if not folder.is_dir():
             raise SystemExit(f"{folder}: not found; run benchmarks/organism_ablations.py --seeds {args.seed} "
                              f"--varied-backdrops {args.varied_backdrops:g} --skip-training first (same --out, "
-                             f"--weights, --num-train, --num-val)")
+                             f"--backdrop-kinds, --weights, --num-train, --num-val)")
         miou = split_miou(data / "SegmentationClassAug", folder, names, flags, num_classes)
         result["miou"][row] = miou
         print(f"{row:<40s} {100 * miou['backdrop']:9.1f} {100 * miou['named']:9.1f}")

@@ -288,7 +288,7 @@ def test_backdrop_kinds_choose_the_look_not_the_scenes(tmp_path):
     a = [every.render(np.random.default_rng([9, i]), 60, 80) for i in range(16)]
     b = [smooth.render(np.random.default_rng([9, i]), 60, 80) for i in range(16)]
     assert [s.stuff == [] for s in a] == [s.stuff == [] for s in b] and 3 <= sum(s.stuff == [] for s in a) <= 13
-    # named scenes are the same scenes; a backdrop scene differs where the kind differs
+    # the scenes on named stuff are drawn exactly as before
     assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b) if x.stuff)
     with pytest.raises(ValueError, match="backdrop_kinds"):
         World(varied_backdrops=0.5, backdrop_kinds=("stripes",))
